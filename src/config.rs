@@ -1,0 +1,1227 @@
+//! Server configuration: the TOML config file format, its defaults, its validation and the
+//! command-line flags of `clusterdns serve` that override it.
+//!
+//! This module owns every knob an operator can turn and decides whether a value is acceptable.
+//! Every rejected value is reported as `path:line:col: reason`, so a broken ConfigMap points at
+//! the offending line. To get there, validation happens *inside* deserialization (custom
+//! `deserialize_with` functions return `serde::de::Error::custom`), which lets `toml` attach the
+//! span of the bad value; the span is then turned into a line and a column here.
+//!
+//! It must not touch the network or anything else: no sockets, no I/O besides reading the config
+//! file itself (resolv.conf is read by [`crate::upstream`], manifests by [`crate::source`]).
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default cluster domain.
+pub const DEFAULT_ZONE: &str = "cluster.local";
+/// Largest accepted `ttl` (CoreDNS's kubernetes plugin accepts 0..=3600).
+pub const MAX_TTL: u32 = 3600;
+/// Smallest accepted `server.max_udp_payload` (the pre-EDNS DNS message size).
+pub const MIN_UDP_PAYLOAD: u16 = 512;
+/// Largest accepted `server.max_udp_payload`.
+pub const MAX_UDP_PAYLOAD: u16 = 4096;
+
+const DNS_PORT: u16 = 53;
+
+/// The whole configuration of one server. `Config::default()` is what runs without a file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The cluster domain served authoritatively: lowercase, without trailing dot.
+    #[serde(deserialize_with = "de_zone")]
+    pub zone: String,
+    /// DNS listen addresses; each one binds both UDP and TCP. Never empty.
+    #[serde(deserialize_with = "de_listen")]
+    pub listen: Vec<SocketAddr>,
+    /// TTL of the records of the cluster zone, in seconds (0..=3600).
+    #[serde(deserialize_with = "de_ttl")]
+    pub ttl: u32,
+    /// Whether and how `<ip>.<ns>.pod.<zone>` names are answered.
+    pub pods: PodMode,
+    /// Manifest directory. When read from a file, a relative path has already been resolved
+    /// against the directory of the config file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifests: Option<PathBuf>,
+    /// Upstream resolvers for names outside the zone, tried in order. Empty means: use the
+    /// nameservers of [`Config::resolv_conf`].
+    #[serde(deserialize_with = "de_upstreams")]
+    pub upstreams: Vec<SocketAddr>,
+    /// resolv.conf to take upstreams from when `upstreams` is empty (taken as is: a relative
+    /// path is relative to the working directory).
+    pub resolv_conf: PathBuf,
+    /// Prometheus `/metrics` listener; `None` when disabled (`"off"`).
+    #[serde(
+        deserialize_with = "de_http_listen",
+        serialize_with = "ser_http_listen"
+    )]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Liveness (`/health`) listener; `None` when disabled (`"off"`).
+    #[serde(
+        deserialize_with = "de_http_listen",
+        serialize_with = "ser_http_listen"
+    )]
+    pub health_listen: Option<SocketAddr>,
+    /// Readiness (`/ready`) listener; `None` when disabled (`"off"`).
+    #[serde(
+        deserialize_with = "de_http_listen",
+        serialize_with = "ser_http_listen"
+    )]
+    pub ready_listen: Option<SocketAddr>,
+    /// The `[server]` table: socket and concurrency knobs.
+    pub server: ServerConfig,
+    /// The `[upstream]` table: forwarding timeouts.
+    pub upstream: UpstreamConfig,
+}
+
+/// The `[server]` table.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// UDP worker tasks per listen address; 0 means one per CPU core
+    /// (see [`ServerConfig::effective_udp_workers`]).
+    pub udp_workers: usize,
+    /// Socket receive buffer asked of the kernel, in bytes (the kernel may cap it).
+    pub recv_buffer_bytes: usize,
+    /// Socket send buffer asked of the kernel, in bytes (the kernel may cap it).
+    pub send_buffer_bytes: usize,
+    /// Largest UDP response sent, whatever the client advertises (512..=4096).
+    #[serde(deserialize_with = "de_max_udp_payload")]
+    pub max_udp_payload: u16,
+    /// A TCP connection idle for this long is closed. TOML: `"10s"`, `"500ms"`.
+    #[serde(
+        deserialize_with = "de_tcp_idle_timeout",
+        serialize_with = "ser_duration"
+    )]
+    pub tcp_idle_timeout: Duration,
+    /// Open TCP connections at most; further ones are closed at once. At least 1.
+    #[serde(deserialize_with = "de_max_tcp_connections")]
+    pub max_tcp_connections: usize,
+    /// Queries answered on one TCP connection before it is closed; 0 means unlimited.
+    pub max_tcp_queries_per_connection: usize,
+}
+
+/// The `[upstream]` table.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Per-try timeout: how long one upstream gets to answer before the next is tried.
+    /// TOML: `"2s"`. When upstreams come from resolv.conf and this was not set explicitly
+    /// (see [`UpstreamConfig::timeout_explicit`]), resolv.conf's `options timeout:N` wins.
+    #[serde(
+        deserialize_with = "de_upstream_timeout",
+        serialize_with = "ser_duration"
+    )]
+    pub timeout: Duration,
+    /// Overall deadline for one client query, all tries included. Always `>= timeout` when
+    /// read from a file.
+    #[serde(
+        deserialize_with = "de_upstream_deadline",
+        serialize_with = "ser_duration"
+    )]
+    pub deadline: Duration,
+    /// True when `timeout` was set in the config file. Not a config key: filled in by
+    /// [`Config::load`].
+    #[serde(skip)]
+    pub timeout_explicit: bool,
+}
+
+/// How pod names (`1-2-3-4.<ns>.pod.<zone>`) are answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PodMode {
+    /// Pod names do not exist (NXDOMAIN).
+    Disabled,
+    /// Any well-formed pod name answers with the IP it spells (kube-dns behaviour).
+    Insecure,
+    /// Only IPs of pods that exist in the namespace answer.
+    Verified,
+}
+
+impl PodMode {
+    /// The config-file spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodMode::Disabled => "disabled",
+            PodMode::Insecure => "insecure",
+            PodMode::Verified => "verified",
+        }
+    }
+}
+
+impl fmt::Display for PodMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            zone: DEFAULT_ZONE.to_string(),
+            listen: vec![SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), DNS_PORT)],
+            ttl: 5,
+            pods: PodMode::Disabled,
+            manifests: None,
+            upstreams: Vec::new(),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            metrics_listen: Some(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 9153)),
+            health_listen: Some(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 8080)),
+            ready_listen: Some(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 8181)),
+            server: ServerConfig::default(),
+            upstream: UpstreamConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            udp_workers: 0,
+            recv_buffer_bytes: 8 << 20,
+            send_buffer_bytes: 8 << 20,
+            max_udp_payload: 1232,
+            tcp_idle_timeout: Duration::from_secs(10),
+            max_tcp_connections: 1000,
+            max_tcp_queries_per_connection: 0,
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> UpstreamConfig {
+        UpstreamConfig {
+            timeout: Duration::from_secs(2),
+            deadline: Duration::from_secs(4),
+            timeout_explicit: false,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// `udp_workers`, with 0 replaced by the number of CPU cores available to the process.
+    pub fn effective_udp_workers(&self) -> usize {
+        if self.udp_workers > 0 {
+            self.udp_workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+/// Why a configuration was rejected. `Display` is the message to show the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("{}: cannot read config file: {source}", path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A value in the config file is invalid (`path:line:col: reason`).
+    #[error("{}:{line}:{column}: {reason}", path.display())]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// 1-based line of the offending value or key.
+        line: usize,
+        /// 1-based column (in characters) of the offending value or key.
+        column: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The config file is invalid but no position is known (should not happen with TOML).
+    #[error("{}: {reason}", path.display())]
+    InvalidFile {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A command-line flag has an invalid value.
+    #[error("{flag}: {reason}")]
+    Flag {
+        /// The flag, e.g. `--ttl`.
+        flag: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    fn at(path: &Path, text: &str, span: Option<Range<usize>>, reason: String) -> ConfigError {
+        match span {
+            Some(span) => {
+                let (line, column) = line_col(text, span.start);
+                ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    line,
+                    column,
+                    reason,
+                }
+            }
+            None => ConfigError::InvalidFile {
+                path: path.to_path_buf(),
+                reason,
+            },
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// Only the spans the cross-field checks need; parsed leniently after the strict parse passed.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct SpanDoc {
+    upstream: SpanUpstream,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct SpanUpstream {
+    timeout: Option<toml::Spanned<toml::Value>>,
+    deadline: Option<toml::Spanned<toml::Value>>,
+}
+
+impl Config {
+    /// Reads, parses and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml_str(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is used in error messages and to resolve a
+    /// relative `manifests` directory. Does no I/O.
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::at(path, text, e.span(), e.message().to_string()))?;
+        // Cannot fail in practice: the strict parse above accepted the same document.
+        let spans: SpanDoc = toml::from_str(text).unwrap_or_default();
+        config.upstream.timeout_explicit = spans.upstream.timeout.is_some();
+        if config.upstream.deadline < config.upstream.timeout {
+            let span = spans
+                .upstream
+                .deadline
+                .or(spans.upstream.timeout)
+                .map(|s| s.span())
+                .or_else(|| text.find("[upstream]").map(|i| i..i));
+            return Err(ConfigError::at(
+                path,
+                text,
+                span,
+                format!(
+                    "upstream.deadline ({}) must not be shorter than upstream.timeout ({})",
+                    format_duration(config.upstream.deadline),
+                    format_duration(config.upstream.timeout)
+                ),
+            ));
+        }
+        if let Some(dir) = &config.manifests
+            && dir.is_relative()
+            && let Some(base) = path.parent()
+        {
+            config.manifests = Some(base.join(dir));
+        }
+        Ok(config)
+    }
+
+    /// A human summary of what would run, one setting per line (`clusterdns check-config`).
+    pub fn describe(&self) -> String {
+        use std::fmt::Write as _;
+        fn addrs(list: &[SocketAddr]) -> String {
+            list.iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+        fn http(addr: Option<SocketAddr>) -> String {
+            addr.map_or_else(|| "off".to_string(), |a| a.to_string())
+        }
+        let mut out = String::new();
+        let s = &self.server;
+        let _ = writeln!(out, "zone:              {} (ttl {}s)", self.zone, self.ttl);
+        let _ = writeln!(out, "listen (udp+tcp):  {}", addrs(&self.listen));
+        let _ = writeln!(out, "pod records:       {}", self.pods);
+        let _ = writeln!(
+            out,
+            "manifests:         {}",
+            self.manifests
+                .as_ref()
+                .map_or_else(|| "none".to_string(), |d| d.display().to_string())
+        );
+        if self.upstreams.is_empty() {
+            let _ = writeln!(
+                out,
+                "upstreams:         from {}",
+                self.resolv_conf.display()
+            );
+        } else {
+            let _ = writeln!(out, "upstreams:         {}", addrs(&self.upstreams));
+        }
+        let _ = writeln!(
+            out,
+            "upstream timing:   {} per try{}, {} overall deadline",
+            format_duration(self.upstream.timeout),
+            if self.upstreams.is_empty() && !self.upstream.timeout_explicit {
+                " (unless resolv.conf sets options timeout)"
+            } else {
+                ""
+            },
+            format_duration(self.upstream.deadline)
+        );
+        let _ = writeln!(out, "metrics listen:    {}", http(self.metrics_listen));
+        let _ = writeln!(out, "health listen:     {}", http(self.health_listen));
+        let _ = writeln!(out, "ready listen:      {}", http(self.ready_listen));
+        let _ = writeln!(
+            out,
+            "udp workers:       {}",
+            if s.udp_workers == 0 {
+                format!("one per CPU core ({})", s.effective_udp_workers())
+            } else {
+                s.udp_workers.to_string()
+            }
+        );
+        let _ = writeln!(
+            out,
+            "socket buffers:    recv {} bytes, send {} bytes",
+            s.recv_buffer_bytes, s.send_buffer_bytes
+        );
+        let _ = writeln!(out, "max udp payload:   {} bytes", s.max_udp_payload);
+        let _ = writeln!(
+            out,
+            "tcp:               idle timeout {}, at most {} connections, {} queries per connection",
+            format_duration(s.tcp_idle_timeout),
+            s.max_tcp_connections,
+            if s.max_tcp_queries_per_connection == 0 {
+                "unlimited".to_string()
+            } else {
+                s.max_tcp_queries_per_connection.to_string()
+            }
+        );
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Command line.
+
+/// Flags of `clusterdns serve`. Every given flag overrides the config file; repeatable flags
+/// replace the file's whole list.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML config file (defaults apply without one).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// DNS listen address, UDP and TCP (repeatable; port 53 if omitted).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Vec<String>,
+    /// Directory of Kubernetes manifests (YAML/JSON) to serve.
+    #[arg(long, value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
+    /// Cluster domain [default: cluster.local].
+    #[arg(long, value_name = "NAME")]
+    pub zone: Option<String>,
+    /// Upstream resolver (repeatable, tried in order; port 53 if omitted)
+    /// [default: the nameservers of --resolv-conf].
+    #[arg(long = "upstream", value_name = "ADDR[:PORT]")]
+    pub upstreams: Vec<String>,
+    /// TTL of cluster records, 0..=3600 seconds [default: 5].
+    #[arg(long, value_name = "N")]
+    pub ttl: Option<u32>,
+    /// Pod records [default: disabled].
+    #[arg(long, value_name = "MODE")]
+    pub pods: Option<PodMode>,
+    /// Prometheus listener, or "off" [default: 0.0.0.0:9153].
+    #[arg(long, value_name = "ADDR|off")]
+    pub metrics_listen: Option<String>,
+    /// Liveness listener, or "off" [default: 0.0.0.0:8080].
+    #[arg(long, value_name = "ADDR|off")]
+    pub health_listen: Option<String>,
+    /// Readiness listener, or "off" [default: 0.0.0.0:8181].
+    #[arg(long, value_name = "ADDR|off")]
+    pub ready_listen: Option<String>,
+    /// resolv.conf to take upstreams from when none are given [default: /etc/resolv.conf].
+    #[arg(long, value_name = "FILE")]
+    pub resolv_conf: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// Loads `--config` if given (else starts from the defaults), applies every given flag on
+    /// top and validates the flags with the same rules as the file.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        let flag = |flag: &'static str| move |reason: String| ConfigError::Flag { flag, reason };
+        if !self.listen.is_empty() {
+            let list = self
+                .listen
+                .iter()
+                .map(|s| parse_listen_addr(s))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(flag("--listen"))?;
+            check_listen(&list).map_err(flag("--listen"))?;
+            config.listen = list;
+        }
+        if let Some(dir) = &self.manifests {
+            config.manifests = Some(dir.clone());
+        }
+        if let Some(zone) = &self.zone {
+            config.zone = parse_zone(zone).map_err(flag("--zone"))?;
+        }
+        if !self.upstreams.is_empty() {
+            let list = self
+                .upstreams
+                .iter()
+                .map(|s| parse_upstream(s))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(flag("--upstream"))?;
+            check_upstreams(&list).map_err(flag("--upstream"))?;
+            config.upstreams = list;
+        }
+        if let Some(ttl) = self.ttl {
+            config.ttl = check_ttl(i64::from(ttl)).map_err(flag("--ttl"))?;
+        }
+        if let Some(pods) = self.pods {
+            config.pods = pods;
+        }
+        if let Some(s) = &self.metrics_listen {
+            config.metrics_listen = parse_http_listen(s).map_err(flag("--metrics-listen"))?;
+        }
+        if let Some(s) = &self.health_listen {
+            config.health_listen = parse_http_listen(s).map_err(flag("--health-listen"))?;
+        }
+        if let Some(s) = &self.ready_listen {
+            config.ready_listen = parse_http_listen(s).map_err(flag("--ready-listen"))?;
+        }
+        if let Some(path) = &self.resolv_conf {
+            config.resolv_conf = path.clone();
+        }
+        Ok(config)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation rules, shared by the file and the flags. Each returns the reason on error.
+
+/// Validates a cluster domain (a DNS-1123 subdomain, as Kubernetes requires of
+/// `clusterDomain`) and returns it lowercased, without trailing dot.
+fn parse_zone(s: &str) -> Result<String, String> {
+    let bad = |why: &str| Err(format!("invalid zone {s:?}: {why}"));
+    let name = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
+    if name.is_empty() {
+        return bad("must not be empty or the root");
+    }
+    if name.len() > 253 {
+        return bad("longer than 253 characters");
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return bad("empty label");
+        }
+        if label.len() > 63 {
+            return bad("a label is longer than 63 characters");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return bad("only letters, digits, '-' and '.' are allowed");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return bad("a label must not start or end with '-'");
+        }
+    }
+    Ok(name)
+}
+
+fn check_ttl(ttl: i64) -> Result<u32, String> {
+    match u32::try_from(ttl) {
+        Ok(t) if t <= MAX_TTL => Ok(t),
+        _ => Err(format!(
+            "invalid ttl {ttl}: must be between 0 and {MAX_TTL}"
+        )),
+    }
+}
+
+/// `ip`, `ip:port`, `[v6]`, `[v6]:port` or a bare IPv6 address; `default_port` when no port.
+fn parse_addr(s: &str, default_port: Option<u16>) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let ip = s
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| {
+            s.strip_prefix('[')
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|r| r.parse::<std::net::Ipv6Addr>().ok())
+                .map(IpAddr::V6)
+        })
+        .ok_or_else(|| {
+            format!(
+                "invalid address {s:?}: expected an IP address{} (hostnames are not allowed)",
+                if default_port.is_some() {
+                    " with an optional :port"
+                } else {
+                    ":port"
+                }
+            )
+        })?;
+    match default_port {
+        Some(port) => Ok(SocketAddr::new(ip, port)),
+        None => Err(format!(
+            "invalid address {s:?}: a port is required (IP:PORT)"
+        )),
+    }
+}
+
+fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    parse_addr(s, Some(DNS_PORT))
+}
+
+fn check_listen(list: &[SocketAddr]) -> Result<(), String> {
+    if list.is_empty() {
+        return Err("listen must have at least one address".to_string());
+    }
+    check_unique("listen", list)
+}
+
+fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
+    let addr = parse_addr(s, Some(DNS_PORT))?;
+    if addr.ip().is_unspecified() {
+        return Err(format!(
+            "invalid upstream {s:?}: the unspecified address cannot be queried"
+        ));
+    }
+    if addr.port() == 0 {
+        return Err(format!("invalid upstream {s:?}: port 0"));
+    }
+    Ok(addr)
+}
+
+fn check_upstreams(list: &[SocketAddr]) -> Result<(), String> {
+    check_unique("upstreams", list)
+}
+
+fn check_unique(what: &str, list: &[SocketAddr]) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    match list.iter().find(|a| !seen.insert(**a)) {
+        Some(dup) => Err(format!("{what}: {dup} is given twice")),
+        None => Ok(()),
+    }
+}
+
+/// An HTTP listener: `IP:PORT`, or `"off"` / `""` to disable it.
+fn parse_http_listen(s: &str) -> Result<Option<SocketAddr>, String> {
+    let t = s.trim();
+    if t.is_empty() || t.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    parse_addr(t, None)
+        .map(Some)
+        .map_err(|e| format!("{e}, or \"off\""))
+}
+
+/// Parses a duration such as `"2s"`, `"500ms"`, `"1m30s"`, `"1.5s"` (units: ns, us, ms, s, m,
+/// min, h; components may be separated by spaces).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || {
+        Err(format!(
+            "invalid duration {s:?}: expected a number with a unit, like \"2s\" or \"500ms\""
+        ))
+    };
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return bad();
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, after) = rest.split_at(num_len);
+        let unit_len = after
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let Ok(value) = num.parse::<f64>() else {
+            return bad();
+        };
+        let nanos_per_unit: f64 = match unit {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" | "sec" => 1e9,
+            "m" | "min" => 60e9,
+            "h" => 3600e9,
+            _ => return bad(),
+        };
+        let nanos = value * nanos_per_unit;
+        if !nanos.is_finite() || nanos > 1e18 {
+            return bad();
+        }
+        total = total.saturating_add(Duration::from_nanos(nanos.round() as u64));
+        rest = after.trim_start();
+    }
+    Ok(total)
+}
+
+/// Formats a duration the way [`parse_duration`] reads it: `"2s"`, `"500ms"`, `"1m30s"`.
+pub(crate) fn format_duration(d: Duration) -> String {
+    if d.is_zero() {
+        return "0s".to_string();
+    }
+    let secs = d.as_secs();
+    let nanos = d.subsec_nanos();
+    let parts = [
+        (secs / 3600, "h"),
+        (secs / 60 % 60, "m"),
+        (secs % 60, "s"),
+        (u64::from(nanos / 1_000_000), "ms"),
+        (u64::from(nanos / 1_000 % 1_000), "us"),
+        (u64::from(nanos % 1_000), "ns"),
+    ];
+    parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect()
+}
+
+fn check_positive(what: &str, d: Duration) -> Result<Duration, String> {
+    if d.is_zero() {
+        Err(format!("{what} must be greater than zero"))
+    } else {
+        Ok(d)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// serde glue: every rule above runs inside deserialization so toml reports the value's span.
+
+fn de_zone<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_zone(&s).map_err(de::Error::custom)
+}
+
+fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| parse_listen_addr(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(de::Error::custom)?;
+    check_listen(&list).map_err(de::Error::custom)?;
+    Ok(list)
+}
+
+fn de_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    check_ttl(i64::deserialize(d)?).map_err(de::Error::custom)
+}
+
+fn de_upstreams<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| parse_upstream(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(de::Error::custom)?;
+    check_upstreams(&list).map_err(de::Error::custom)?;
+    Ok(list)
+}
+
+fn de_http_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    parse_http_listen(&String::deserialize(d)?).map_err(de::Error::custom)
+}
+
+fn ser_http_listen<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    match addr {
+        Some(addr) => s.collect_str(addr),
+        None => s.serialize_str("off"),
+    }
+}
+
+fn de_max_udp_payload<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    let n = i64::deserialize(d)?;
+    match u16::try_from(n) {
+        Ok(v) if (MIN_UDP_PAYLOAD..=MAX_UDP_PAYLOAD).contains(&v) => Ok(v),
+        _ => Err(de::Error::custom(format!(
+            "invalid max_udp_payload {n}: must be between {MIN_UDP_PAYLOAD} and {MAX_UDP_PAYLOAD}"
+        ))),
+    }
+}
+
+fn de_max_tcp_connections<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = usize::deserialize(d)?;
+    if n == 0 {
+        return Err(de::Error::custom(
+            "invalid max_tcp_connections 0: must be at least 1",
+        ));
+    }
+    Ok(n)
+}
+
+/// Deserializes a duration string; rejects numbers without a unit.
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    struct DurationVisitor;
+    impl Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration string such as \"2s\" or \"500ms\"")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+            parse_duration(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_str(DurationVisitor)
+}
+
+fn de_tcp_idle_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    check_positive("server.tcp_idle_timeout", de_duration(d)?).map_err(de::Error::custom)
+}
+
+fn de_upstream_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    check_positive("upstream.timeout", de_duration(d)?).map_err(de::Error::custom)
+}
+
+fn de_upstream_deadline<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    check_positive("upstream.deadline", de_duration(d)?).map_err(de::Error::custom)
+}
+
+fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, Path::new("/etc/clusterdns/config.toml"))
+    }
+
+    /// Asserts that `text` is rejected at `line` and that the reason contains `needle`.
+    fn assert_error_at(text: &str, line: usize, needle: &str) {
+        let err = parse(text).expect_err("config should be rejected");
+        let shown = err.to_string();
+        match &err {
+            ConfigError::Invalid {
+                line: l, reason, ..
+            } => {
+                assert_eq!(*l, line, "wrong line in {shown:?}");
+                assert!(reason.contains(needle), "{shown:?} lacks {needle:?}");
+            }
+            other => panic!("expected a positioned error, got {other:?}"),
+        }
+        assert!(
+            shown.starts_with(&format!("/etc/clusterdns/config.toml:{line}:")),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::default();
+        assert_eq!(c.zone, "cluster.local");
+        assert_eq!(c.listen, vec!["0.0.0.0:53".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(c.ttl, 5);
+        assert_eq!(c.pods, PodMode::Disabled);
+        assert_eq!(c.manifests, None);
+        assert!(c.upstreams.is_empty());
+        assert_eq!(c.resolv_conf, PathBuf::from("/etc/resolv.conf"));
+        assert_eq!(c.metrics_listen, Some("0.0.0.0:9153".parse().unwrap()));
+        assert_eq!(c.health_listen, Some("0.0.0.0:8080".parse().unwrap()));
+        assert_eq!(c.ready_listen, Some("0.0.0.0:8181".parse().unwrap()));
+        assert_eq!(c.server.udp_workers, 0);
+        assert!(c.server.effective_udp_workers() >= 1);
+        assert_eq!(c.server.recv_buffer_bytes, 8_388_608);
+        assert_eq!(c.server.send_buffer_bytes, 8_388_608);
+        assert_eq!(c.server.max_udp_payload, 1232);
+        assert_eq!(c.server.tcp_idle_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.max_tcp_connections, 1000);
+        assert_eq!(c.server.max_tcp_queries_per_connection, 0);
+        assert_eq!(c.upstream.timeout, Duration::from_secs(2));
+        assert_eq!(c.upstream.deadline, Duration::from_secs(4));
+        assert!(!c.upstream.timeout_explicit);
+
+        // An empty file is the defaults.
+        let e = parse("").unwrap();
+        assert_eq!(e.zone, c.zone);
+        assert_eq!(e.listen, c.listen);
+        assert_eq!(e.metrics_listen, c.metrics_listen);
+        assert_eq!(e.upstream.deadline, c.upstream.deadline);
+        assert!(!e.upstream.timeout_explicit);
+    }
+
+    const FULL: &str = r#"
+# clusterdns example
+zone = "Cluster.Example."
+listen = ["0.0.0.0:53", "[::]:5353", "10.0.0.10"]
+ttl = 30
+pods = "verified"
+manifests = "manifests"
+upstreams = ["8.8.8.8", "1.1.1.1:5353", "2001:db8::1", "[2001:db8::2]:53"]
+resolv_conf = "/run/resolv.conf"
+metrics_listen = "127.0.0.1:9153"
+health_listen = "off"
+ready_listen = ""
+
+[server]
+udp_workers = 4
+recv_buffer_bytes = 1048576
+send_buffer_bytes = 2097152
+max_udp_payload = 4096
+tcp_idle_timeout = "500ms"
+max_tcp_connections = 10
+max_tcp_queries_per_connection = 100
+
+[upstream]
+timeout = "1s"
+deadline = "3s"
+"#;
+
+    #[test]
+    fn full_example_parses() {
+        let c = parse(FULL).unwrap();
+        assert_eq!(c.zone, "cluster.example");
+        assert_eq!(
+            c.listen,
+            vec![
+                "0.0.0.0:53".parse::<SocketAddr>().unwrap(),
+                "[::]:5353".parse().unwrap(),
+                "10.0.0.10:53".parse().unwrap(),
+            ]
+        );
+        assert_eq!(c.ttl, 30);
+        assert_eq!(c.pods, PodMode::Verified);
+        assert_eq!(
+            c.manifests,
+            Some(PathBuf::from("/etc/clusterdns/manifests"))
+        );
+        assert_eq!(
+            c.upstreams,
+            vec![
+                "8.8.8.8:53".parse::<SocketAddr>().unwrap(),
+                "1.1.1.1:5353".parse().unwrap(),
+                "[2001:db8::1]:53".parse().unwrap(),
+                "[2001:db8::2]:53".parse().unwrap(),
+            ]
+        );
+        assert_eq!(c.resolv_conf, PathBuf::from("/run/resolv.conf"));
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9153".parse().unwrap()));
+        assert_eq!(c.health_listen, None);
+        assert_eq!(c.ready_listen, None);
+        assert_eq!(c.server.udp_workers, 4);
+        assert_eq!(c.server.effective_udp_workers(), 4);
+        assert_eq!(c.server.recv_buffer_bytes, 1 << 20);
+        assert_eq!(c.server.send_buffer_bytes, 2 << 20);
+        assert_eq!(c.server.max_udp_payload, 4096);
+        assert_eq!(c.server.tcp_idle_timeout, Duration::from_millis(500));
+        assert_eq!(c.server.max_tcp_connections, 10);
+        assert_eq!(c.server.max_tcp_queries_per_connection, 100);
+        assert_eq!(c.upstream.timeout, Duration::from_secs(1));
+        assert_eq!(c.upstream.deadline, Duration::from_secs(3));
+        assert!(c.upstream.timeout_explicit);
+
+        let d = c.describe();
+        for needle in [
+            "cluster.example",
+            "[::]:5353",
+            "verified",
+            "/etc/clusterdns/manifests",
+            "1.1.1.1:5353",
+            "health listen:     off",
+            "500ms",
+            "1s per try, 3s overall deadline",
+        ] {
+            assert!(d.contains(needle), "{needle:?} missing from:\n{d}");
+        }
+        assert!(
+            Config::default()
+                .describe()
+                .contains("from /etc/resolv.conf")
+        );
+    }
+
+    #[test]
+    fn serializes_back_to_an_equivalent_file() {
+        let c = parse(FULL).unwrap();
+        let text = toml::to_string(&c).unwrap();
+        let again = parse(&text).unwrap();
+        assert_eq!(again.zone, c.zone);
+        assert_eq!(again.listen, c.listen);
+        assert_eq!(again.upstreams, c.upstreams);
+        assert_eq!(again.health_listen, None);
+        assert_eq!(again.metrics_listen, c.metrics_listen);
+        assert_eq!(again.server.tcp_idle_timeout, c.server.tcp_idle_timeout);
+        assert_eq!(again.upstream.deadline, c.upstream.deadline);
+        assert!(toml::to_string(&Config::default()).is_ok());
+    }
+
+    #[test]
+    fn absolute_and_missing_manifests_are_kept() {
+        let c = parse("manifests = \"/srv/m\"").unwrap();
+        assert_eq!(c.manifests, Some(PathBuf::from("/srv/m")));
+        let c = Config::from_toml_str("manifests = \"m\"", Path::new("config.toml")).unwrap();
+        assert_eq!(c.manifests, Some(PathBuf::from("m")));
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_with_their_line() {
+        assert_error_at("zone = \"a.b\"\nlisen = [\"0.0.0.0:53\"]\n", 2, "lisen");
+        assert_error_at("ttl = 5\n\n[server]\nudp_worker = 2\n", 4, "udp_worker");
+        assert_error_at("[upstream]\ntimeout = \"1s\"\nretries = 3\n", 3, "retries");
+        assert_error_at("[dns]\nx = 1\n", 1, "dns");
+    }
+
+    #[test]
+    fn bad_addresses_are_reported_with_their_line() {
+        assert_error_at(
+            "zone = \"a.b\"\nlisten = [\"0.0.0.0:53\", \"localhost:53\"]\n",
+            2,
+            "localhost",
+        );
+        assert_error_at("\n\nupstreams = [\"8.8.8.8:99999\"]\n", 3, "8.8.8.8:99999");
+        assert_error_at("upstreams = [\"0.0.0.0\"]\n", 1, "unspecified");
+        assert_error_at("upstreams = [\"1.1.1.1\", \"1.1.1.1:53\"]\n", 1, "twice");
+        assert_error_at("ttl = 1\nmetrics_listen = \"0.0.0.0\"\n", 2, "port");
+        assert_error_at("ttl = 1\nready_listen = \"nope\"\n", 2, "off");
+        assert_error_at("listen = []\n", 1, "at least one");
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_reported_with_their_line() {
+        let text = "zone = \"cluster.local\"\nttl = 99999\n";
+        assert_error_at(text, 2, "99999");
+        let err = parse(text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "/etc/clusterdns/config.toml:2:7: invalid ttl 99999: must be between 0 and 3600"
+        );
+        assert_error_at("ttl = -1\n", 1, "ttl");
+        assert_error_at("[server]\n\nmax_udp_payload = 100\n", 3, "max_udp_payload");
+        assert_error_at("[server]\nmax_udp_payload = 9000\n", 2, "max_udp_payload");
+        assert_error_at("[server]\nmax_tcp_connections = 0\n", 2, "at least 1");
+        assert_error_at("ttl = \"5\"\n", 1, "");
+    }
+
+    #[test]
+    fn bad_zones_are_reported_with_their_line() {
+        assert_error_at("ttl = 5\nzone = \"clu_ster.local\"\n", 2, "zone");
+        assert_error_at("zone = \".\"\n", 1, "root");
+        assert_error_at("zone = \"a..b\"\n", 1, "empty label");
+        assert_error_at("zone = \"-a.b\"\n", 1, "'-'");
+        assert_error_at(&format!("zone = \"{}.local\"\n", "a".repeat(64)), 1, "63");
+    }
+
+    #[test]
+    fn bad_pod_modes_and_durations_are_reported_with_their_line() {
+        assert_error_at("ttl = 5\npods = \"yes\"\n", 2, "yes");
+        assert_error_at(
+            "[server]\ntcp_idle_timeout = \"10 parsecs\"\n",
+            2,
+            "duration",
+        );
+        assert_error_at("[server]\ntcp_idle_timeout = 10\n", 2, "duration");
+        assert_error_at("[upstream]\ntimeout = \"0s\"\n", 2, "greater than zero");
+    }
+
+    #[test]
+    fn syntax_errors_are_reported_with_their_line() {
+        assert_error_at("ttl = 5\nzone = \"unterminated\n", 2, "");
+        let err = parse("ttl = 5\nzone = \n").unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { line: 2, .. }), "{err}");
+    }
+
+    #[test]
+    fn deadline_shorter_than_timeout_is_reported_at_the_deadline() {
+        assert_error_at(
+            "[upstream]\ntimeout = \"3s\"\ndeadline = \"1s\"\n",
+            3,
+            "upstream.deadline (1s) must not be shorter than upstream.timeout (3s)",
+        );
+        // Only the timeout given: the error points at it.
+        assert_error_at("ttl = 5\n[upstream]\ntimeout = \"10s\"\n", 3, "deadline");
+        // Equal is fine.
+        let c = parse("[upstream]\ntimeout = \"2s\"\ndeadline = \"2s\"\n").unwrap();
+        assert_eq!(c.upstream.deadline, c.upstream.timeout);
+    }
+
+    #[test]
+    fn columns_count_characters() {
+        assert_eq!(line_col("ab\ncdé f", 9), (2, 6));
+        assert_eq!(line_col("x", 0), (1, 1));
+        assert_eq!(line_col("x", 100), (1, 2));
+    }
+
+    #[test]
+    fn durations_round_trip() {
+        for (text, d) in [
+            ("2s", Duration::from_secs(2)),
+            ("500ms", Duration::from_millis(500)),
+            ("1m30s", Duration::from_secs(90)),
+            ("1m 30s", Duration::from_secs(90)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("2h", Duration::from_secs(7200)),
+            ("250us", Duration::from_micros(250)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(d), "{text}");
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+        }
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1s500ms");
+        assert_eq!(format_duration(Duration::ZERO), "0s");
+        for bad in ["", "5", "s", "5 s x", "1.2.3s", "-1s", "5d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn cli(args: &[&str]) -> ServeArgs {
+        Cli::try_parse_from(std::iter::once("clusterdns").chain(args.iter().copied()))
+            .unwrap()
+            .serve
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, FULL).unwrap();
+        let path_s = path.to_str().unwrap();
+
+        // No flags: the file as is.
+        let c = cli(&["--config", path_s]).resolve().unwrap();
+        assert_eq!(c.ttl, 30);
+        assert_eq!(c.manifests, Some(dir.path().join("manifests")));
+
+        let c = cli(&[
+            "--config",
+            path_s,
+            "--listen",
+            "127.0.0.1:5353",
+            "--listen",
+            "::1",
+            "--manifests",
+            "other",
+            "--zone",
+            "Example.ORG.",
+            "--upstream",
+            "9.9.9.9",
+            "--ttl",
+            "60",
+            "--pods",
+            "insecure",
+            "--metrics-listen",
+            "off",
+            "--health-listen",
+            "127.0.0.1:18080",
+            "--ready-listen",
+            "[::1]:18181",
+            "--resolv-conf",
+            "/tmp/resolv.conf",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            c.listen,
+            vec![
+                "127.0.0.1:5353".parse::<SocketAddr>().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.manifests, Some(PathBuf::from("other")));
+        assert_eq!(c.zone, "example.org");
+        assert_eq!(c.upstreams, vec!["9.9.9.9:53".parse().unwrap()]);
+        assert_eq!(c.ttl, 60);
+        assert_eq!(c.pods, PodMode::Insecure);
+        assert_eq!(c.metrics_listen, None);
+        assert_eq!(c.health_listen, Some("127.0.0.1:18080".parse().unwrap()));
+        assert_eq!(c.ready_listen, Some("[::1]:18181".parse().unwrap()));
+        assert_eq!(c.resolv_conf, PathBuf::from("/tmp/resolv.conf"));
+        // Untouched by flags: still the file's.
+        assert_eq!(c.server.udp_workers, 4);
+        assert_eq!(c.upstream.timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn flags_without_a_file_start_from_defaults() {
+        let c = cli(&["--ttl", "0"]).resolve().unwrap();
+        assert_eq!(c.ttl, 0);
+        assert_eq!(c.zone, "cluster.local");
+        assert_eq!(c.listen, Config::default().listen);
+    }
+
+    #[test]
+    fn bad_flags_name_the_flag() {
+        for (args, flag) in [
+            (&["--ttl", "99999"][..], "--ttl"),
+            (&["--zone", "a b"][..], "--zone"),
+            (&["--listen", "nowhere"][..], "--listen"),
+            (
+                &["--upstream", "1.1.1.1", "--upstream", "x"][..],
+                "--upstream",
+            ),
+            (&["--metrics-listen", "1.2.3.4"][..], "--metrics-listen"),
+            (&["--health-listen", "on"][..], "--health-listen"),
+            (&["--ready-listen", "::1"][..], "--ready-listen"),
+        ] {
+            let err = cli(args).resolve().unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Flag { flag: f, .. } if *f == flag),
+                "{args:?}: {err:?}"
+            );
+            assert!(err.to_string().starts_with(&format!("{flag}: ")), "{err}");
+        }
+        assert!(Cli::try_parse_from(["clusterdns", "--pods", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn file_errors_come_through_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "ttl = 4000\n").unwrap();
+        let err = cli(&["--config", path.to_str().unwrap(), "--ttl", "1"])
+            .resolve()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}:1:7: ", path.display())),
+            "{err}"
+        );
+        let missing = dir.path().join("missing.toml");
+        let err = Config::load(&missing).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
+        assert!(err.to_string().starts_with(&missing.display().to_string()));
+    }
+}

@@ -1,0 +1,267 @@
+//! The `clusterdns` command: `serve` runs the server, `check-config` validates a config file.
+//!
+//! `serve` wires the parts together in the order data flows: config -> metrics -> zone ->
+//! sources (initial load) -> upstream forwarder -> handler -> sockets -> HTTP endpoints, then
+//! prints one `listening <kind> <addr>` line per listener on stdout and runs until SIGTERM or
+//! SIGINT.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use clusterdns::config::{Config, ServeArgs};
+use clusterdns::ops::{http, metrics::Metrics};
+use clusterdns::server::{self, handler::Handler};
+use clusterdns::source::manifests::ManifestSource;
+use clusterdns::source::{EventSink, SourceEvent};
+use clusterdns::upstream::{Forwarder, resolv_conf};
+use clusterdns::zone::{Zone, ZoneConfig};
+use hickory_proto::rr::Name;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+#[derive(Parser)]
+#[command(
+    name = "clusterdns",
+    version,
+    about = "Cluster DNS server for Kubernetes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the DNS server.
+    Serve(Box<ServeArgs>),
+    /// Validate a config file and print what would run.
+    CheckConfig {
+        /// The TOML config file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(config) => {
+                println!("{}: OK\n{}", file.display(), config.describe());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve(args) => {
+            init_tracing();
+            let config = match args.resolve() {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("{error}");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("cannot start the runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    error!("{error:#}");
+                    eprintln!("error: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Announces a bound listener on stdout: tests and scripts read the real port from here.
+fn announce(kind: &str, addr: SocketAddr) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening {kind} {addr}");
+    let _ = out.flush();
+}
+
+/// The upstream resolvers: the configured list, else resolv.conf's nameservers.
+fn upstreams(config: &Config) -> (Vec<SocketAddr>, clusterdns::config::UpstreamConfig) {
+    let mut upstream_config = config.upstream.clone();
+    if !config.upstreams.is_empty() {
+        return (config.upstreams.clone(), upstream_config);
+    }
+    match resolv_conf::read(&config.resolv_conf) {
+        Ok(resolv) => {
+            if !upstream_config.timeout_explicit
+                && let Some(timeout) = resolv.timeout
+            {
+                upstream_config.timeout = timeout;
+                upstream_config.deadline = upstream_config.deadline.max(timeout);
+            }
+            if resolv.nameservers.is_empty() {
+                warn!(path = %config.resolv_conf.display(), "no nameserver in resolv.conf; names outside the cluster get SERVFAIL");
+            }
+            (resolv.nameservers, upstream_config)
+        }
+        Err(error) => {
+            warn!(path = %config.resolv_conf.display(), %error, "cannot read resolv.conf; names outside the cluster get SERVFAIL");
+            (Vec::new(), upstream_config)
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let origin = Name::from_ascii(format!("{}.", config.zone))
+        .with_context(|| format!("zone {:?} is not a domain name", config.zone))?;
+    let zone = Arc::new(Zone::new(
+        ZoneConfig {
+            origin,
+            ttl: config.ttl,
+            pods: config.pods,
+        },
+        metrics.clone(),
+    ));
+    let cancel = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+
+    match &config.manifests {
+        Some(dir) => {
+            let mut source = ManifestSource::new(dir.clone(), metrics.clone());
+            let summary = source
+                .load_initial(zone.as_ref())
+                .with_context(|| format!("cannot load manifests from {}", dir.display()))?;
+            info!(
+                dir = %dir.display(),
+                files = summary.files,
+                objects = summary.objects,
+                failed_files = summary.failed_files,
+                "manifests loaded"
+            );
+            let sink: Arc<dyn EventSink> = zone.clone();
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                if let Err(error) = source.watch(sink, cancel).await {
+                    error!(%error, "manifest watch stopped; the zone keeps its last data");
+                }
+            });
+        }
+        None => {
+            warn!(
+                "no source of cluster data configured (--manifests); serving an empty cluster zone"
+            );
+            zone.apply(SourceEvent::InitialSyncDone);
+        }
+    }
+
+    let (upstream_addrs, upstream_config) = upstreams(&config);
+    info!(upstreams = ?upstream_addrs, "upstream resolvers");
+    let forwarder = Arc::new(Forwarder::new(
+        upstream_addrs,
+        &upstream_config,
+        metrics.clone(),
+    ));
+    let handler = Arc::new(Handler::new(
+        zone.clone(),
+        forwarder,
+        metrics.clone(),
+        config.server.max_udp_payload,
+    ));
+
+    let mut listeners = Vec::new();
+    for addr in &config.listen {
+        let listener = server::bind(*addr, &config.server)
+            .with_context(|| format!("cannot listen on {addr} (UDP and TCP)"))?;
+        listeners.push(listener);
+    }
+    let bound: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect();
+    let mut dns_tasks = server::spawn(
+        listeners,
+        handler,
+        metrics.clone(),
+        &config.server,
+        cancel.clone(),
+    )
+    .context("cannot start the DNS listeners")?;
+
+    let endpoints = [
+        (
+            "metrics",
+            config.metrics_listen,
+            http::metrics_router(metrics.clone()),
+        ),
+        ("health", config.health_listen, http::health_router()),
+        (
+            "ready",
+            config.ready_listen,
+            http::ready_router(zone.clone()),
+        ),
+    ];
+    let mut http_bound = Vec::new();
+    for (kind, addr, router) in endpoints {
+        let Some(addr) = addr else { continue };
+        let listener = http::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for {kind}"))?;
+        http_bound.push((kind, listener.local_addr()?));
+        tasks.spawn(http::serve(listener, router, cancel.clone()));
+    }
+
+    for addr in bound {
+        info!(%addr, "serving DNS on UDP and TCP");
+        announce("dns", addr);
+    }
+    for (kind, addr) in http_bound {
+        announce(kind, addr);
+    }
+
+    shutdown_signal().await;
+    info!("shutting down");
+    cancel.cancel();
+    while dns_tasks.join_next().await.is_some() {}
+    tasks.abort_all();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

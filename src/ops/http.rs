@@ -1,0 +1,73 @@
+//! The operators' HTTP endpoints, each on its own listener as CoreDNS has them:
+//! `/metrics` (Prometheus, :9153), `/health` (liveness, :8080), `/ready` (readiness, :8181).
+//!
+//! They read state (metrics, the zone's sync flag); they never change it.
+
+use crate::ops::metrics::Metrics;
+use crate::zone::Zone;
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+/// The router of the metrics listener.
+pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    metrics.render(),
+                )
+            }
+        }),
+    )
+}
+
+/// The router of the health listener: 200 while the process serves.
+pub fn health_router() -> Router {
+    Router::new().route("/health", get(|| async { "OK" }))
+}
+
+/// The router of the readiness listener: 200 once the zone has its initial data, 503 before
+/// (kube-proxy then keeps the pod out of the DNS Service until it can answer for the cluster).
+pub fn ready_router(zone: Arc<Zone>) -> Router {
+    Router::new().route(
+        "/ready",
+        get(move || {
+            let zone = zone.clone();
+            async move {
+                if zone.is_synced() {
+                    (StatusCode::OK, "OK").into_response()
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: initial cluster data not loaded yet",
+                    )
+                        .into_response()
+                }
+            }
+        }),
+    )
+}
+
+/// Binds an HTTP listener (port 0 picks a free port).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+/// Serves `router` on `listener` until `cancel` fires.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router, cancel: CancellationToken) {
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await;
+    if let Err(error) = result {
+        warn!(%error, "HTTP listener stopped");
+    }
+}

@@ -1,0 +1,397 @@
+//! The query handler: the one place that decides where an answer comes from (zone or
+//! upstream) and builds the response (flags, EDNS, truncation) for every path.
+//!
+//! ```text
+//!  packet ─▶ validate ─▶ zone.lookup ─▶ Answer ────────────────┐
+//!   (rcode policy)          │ NotOurs / CNAME leaves the zone   ├─▶ respond() ─▶ bytes
+//!                           └──────────▶ Pending ─▶ upstream ───┘
+//! ```
+//!
+//! [`Handler::handle`] is synchronous and does no I/O: zone answers are built inline on the
+//! socket's task, and only a question that needs the upstream becomes a [`Pending`] that the
+//! server runs as a task. The handler owns no socket.
+
+use crate::ops::metrics::{Metrics, rcode_label};
+use crate::upstream::Forwarder;
+use crate::zone::{Lookup, Zone, ZoneAnswer};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
+use std::sync::Arc;
+use tracing::debug;
+
+/// The smallest payload every DNS client accepts over UDP (RFC 1035 section 4.2.1).
+pub const MIN_UDP_PAYLOAD: u16 = 512;
+
+/// How the query arrived: it sets the size limit of the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP: answers are limited to the client's payload size and truncated beyond it.
+    Udp,
+    /// TCP: answers are complete.
+    Tcp,
+}
+
+impl Transport {
+    fn label(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+/// What to do with one received packet.
+pub enum Outcome {
+    /// Send these bytes back.
+    Reply(Vec<u8>),
+    /// Send nothing (the packet was not a query we can answer; it was counted).
+    Drop,
+    /// The answer needs the upstream: run [`Handler::finish`] off the socket's loop.
+    Upstream(Box<Pending>),
+}
+
+/// The parts of a request a response is built from.
+#[derive(Clone, Debug)]
+struct Request {
+    id: u16,
+    op_code: OpCode,
+    recursion_desired: bool,
+    checking_disabled: bool,
+    query: Option<Query>,
+    /// The client's EDNS, if it sent one: the response then carries ours.
+    edns: Option<Edns>,
+    transport: Transport,
+}
+
+/// A question waiting for the upstream.
+pub struct Pending {
+    request: Request,
+    message: Message,
+    /// Set when a CNAME chain from the zone left it: the upstream is asked for the target and
+    /// its answer is appended to the zone's part.
+    chain: Option<(ZoneAnswer, Name)>,
+}
+
+/// Where an answer came from, the `plugin` label of `coredns_dns_responses_total`.
+#[derive(Clone, Copy)]
+enum Origin {
+    Zone,
+    Upstream,
+    Server,
+}
+
+impl Origin {
+    fn label(self) -> &'static str {
+        match self {
+            Origin::Zone => "kubernetes",
+            Origin::Upstream => "forward",
+            Origin::Server => "",
+        }
+    }
+}
+
+/// The answer to build, whatever path produced it.
+struct Response {
+    rcode: ResponseCode,
+    authoritative: bool,
+    recursion_available: bool,
+    answers: Vec<Record>,
+    authorities: Vec<Record>,
+    additionals: Vec<Record>,
+    origin: Origin,
+}
+
+impl Response {
+    fn error(rcode: ResponseCode) -> Response {
+        Response {
+            rcode,
+            authoritative: false,
+            recursion_available: true,
+            answers: Vec::new(),
+            authorities: Vec::new(),
+            additionals: Vec::new(),
+            origin: Origin::Server,
+        }
+    }
+
+    fn from_zone(answer: ZoneAnswer) -> Response {
+        Response {
+            rcode: answer.rcode,
+            authoritative: true,
+            recursion_available: true,
+            answers: answer.answers,
+            authorities: answer.authorities,
+            additionals: answer.additionals,
+            origin: Origin::Zone,
+        }
+    }
+}
+
+/// Answers queries. Shared by every UDP worker and TCP connection.
+pub struct Handler {
+    zone: Arc<Zone>,
+    forwarder: Arc<Forwarder>,
+    metrics: Arc<Metrics>,
+    max_udp_payload: u16,
+}
+
+impl Handler {
+    /// A handler answering from `zone` and forwarding the rest through `forwarder`.
+    /// `max_udp_payload` caps what a client may ask for (and is what we advertise).
+    pub fn new(
+        zone: Arc<Zone>,
+        forwarder: Arc<Forwarder>,
+        metrics: Arc<Metrics>,
+        max_udp_payload: u16,
+    ) -> Handler {
+        Handler {
+            zone,
+            forwarder,
+            metrics,
+            max_udp_payload: max_udp_payload.max(MIN_UDP_PAYLOAD),
+        }
+    }
+
+    fn malformed(&self, reason: &str) {
+        self.metrics
+            .malformed_packets
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// Handles one packet. The rcode policy, in order (CoreDNS and hickory agree on it):
+    ///
+    /// | input                                   | result            |
+    /// |-----------------------------------------|-------------------|
+    /// | shorter than a header                   | dropped           |
+    /// | QR set (a response, maybe reflected)    | dropped           |
+    /// | header readable, rest undecodable       | FORMERR           |
+    /// | opcode other than QUERY                 | NOTIMP            |
+    /// | QDCOUNT != 1                            | FORMERR           |
+    /// | EDNS version > 0                        | BADVERS (RFC 6891)|
+    /// | class other than IN                     | REFUSED           |
+    /// | AXFR/IXFR                               | REFUSED           |
+    /// | in the zone, before the first sync      | SERVFAIL          |
+    /// | in the zone                             | the zone's answer |
+    /// | anywhere else                           | the upstream's    |
+    pub fn handle(&self, packet: &[u8], transport: Transport) -> Outcome {
+        self.metrics
+            .requests
+            .with_label_values(&[transport.label()])
+            .inc();
+        if packet.len() < 12 {
+            self.malformed("short");
+            return Outcome::Drop;
+        }
+        if packet[2] & 0x80 != 0 {
+            self.malformed("response");
+            return Outcome::Drop;
+        }
+        let header_request = Request {
+            id: u16::from_be_bytes([packet[0], packet[1]]),
+            op_code: OpCode::from_u8((packet[2] >> 3) & 0x0f),
+            recursion_desired: packet[2] & 0x01 != 0,
+            checking_disabled: packet[3] & 0x10 != 0,
+            query: None,
+            edns: None,
+            transport,
+        };
+        let message = match Message::from_vec(packet) {
+            Ok(message) => message,
+            Err(error) => {
+                debug!(%error, "undecodable query");
+                self.malformed("undecodable");
+                return Outcome::Reply(
+                    self.respond(&header_request, Response::error(ResponseCode::FormErr)),
+                );
+            }
+        };
+        let mut request = Request {
+            edns: message.edns.clone(),
+            ..header_request
+        };
+        if message.metadata.op_code != OpCode::Query {
+            self.malformed("opcode");
+            request.query = message.queries.first().cloned();
+            return Outcome::Reply(self.respond(&request, Response::error(ResponseCode::NotImp)));
+        }
+        if message.queries.len() != 1 {
+            self.malformed("qdcount");
+            return Outcome::Reply(self.respond(&request, Response::error(ResponseCode::FormErr)));
+        }
+        let query = message.queries[0].clone();
+        request.query = Some(query.clone());
+        if message.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            return Outcome::Reply(self.respond(&request, Response::error(ResponseCode::BADVERS)));
+        }
+        if !matches!(query.query_class(), DNSClass::IN) {
+            return Outcome::Reply(self.respond(&request, Response::error(ResponseCode::Refused)));
+        }
+        match self.zone.lookup(query.name(), query.query_type()) {
+            Lookup::Answer(answer) => match answer.external_target.clone() {
+                Some(target) => Outcome::Upstream(Box::new(Pending {
+                    request,
+                    message,
+                    chain: Some((answer, target)),
+                })),
+                None => Outcome::Reply(self.respond(&request, Response::from_zone(answer))),
+            },
+            Lookup::NotSynced => {
+                Outcome::Reply(self.respond(&request, Response::error(ResponseCode::ServFail)))
+            }
+            Lookup::Refused => {
+                Outcome::Reply(self.respond(&request, Response::error(ResponseCode::Refused)))
+            }
+            Lookup::NotOurs
+                if matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR) =>
+            {
+                Outcome::Reply(self.respond(&request, Response::error(ResponseCode::Refused)))
+            }
+            Lookup::NotOurs => Outcome::Upstream(Box::new(Pending {
+                request,
+                message,
+                chain: None,
+            })),
+        }
+    }
+
+    /// Completes a question that needed the upstream. Always yields an answer: SERVFAIL when
+    /// no upstream answered before the deadline, never silence.
+    pub async fn finish(&self, pending: Box<Pending>) -> Vec<u8> {
+        let Pending {
+            request,
+            message,
+            chain,
+        } = *pending;
+        let response = match chain {
+            None => match self.forwarder.forward(&message).await {
+                Ok(upstream) => Response {
+                    rcode: upstream.metadata.response_code,
+                    authoritative: upstream.metadata.authoritative,
+                    recursion_available: upstream.metadata.recursion_available,
+                    answers: upstream.answers,
+                    authorities: upstream.authorities,
+                    additionals: upstream
+                        .additionals
+                        .into_iter()
+                        .filter(|r| r.record_type() != RecordType::OPT)
+                        .collect(),
+                    origin: Origin::Upstream,
+                },
+                Err(error) => {
+                    debug!(%error, "upstream failed; answering SERVFAIL");
+                    Response::error(ResponseCode::ServFail)
+                }
+            },
+            Some((zone_part, target)) => {
+                self.resolve_chain(&request, &message, zone_part, target)
+                    .await
+            }
+        };
+        self.respond(&request, response)
+    }
+
+    /// An ExternalName's CNAME left the zone: ask the upstream for the target and include the
+    /// chain, as CoreDNS does. If the upstream fails, SERVFAIL with the CNAME kept.
+    async fn resolve_chain(
+        &self,
+        request: &Request,
+        original: &Message,
+        zone_part: ZoneAnswer,
+        target: Name,
+    ) -> Response {
+        let qtype = request
+            .query
+            .as_ref()
+            .map(|q| q.query_type())
+            .unwrap_or(RecordType::A);
+        let mut query = Message::query();
+        query.metadata.recursion_desired = true;
+        query.add_query(Query::query(target, qtype));
+        query.edns = original.edns.clone();
+        let mut response = Response::from_zone(zone_part);
+        match self.forwarder.forward(&query).await {
+            Ok(upstream) => {
+                response.rcode = upstream.metadata.response_code;
+                response.answers.extend(upstream.answers);
+                if response.rcode != ResponseCode::NoError || response.answers.len() <= 1 {
+                    response.authorities = upstream.authorities;
+                }
+            }
+            Err(error) => {
+                debug!(%error, "upstream failed while following an ExternalName CNAME");
+                response.rcode = ResponseCode::ServFail;
+            }
+        }
+        response
+    }
+
+    /// The UDP size limit for this request (RFC 6891 section 6.2.5): the client's payload,
+    /// at least 512, at most our configured cap; 512 without EDNS.
+    fn udp_limit(&self, request: &Request) -> usize {
+        match &request.edns {
+            Some(edns) => edns
+                .max_payload()
+                .clamp(MIN_UDP_PAYLOAD, self.max_udp_payload)
+                .into(),
+            None => MIN_UDP_PAYLOAD.into(),
+        }
+    }
+
+    /// Builds the wire answer. Every path ends here, so flags, EDNS and truncation are decided
+    /// once: a UDP answer over the limit goes out with TC and empty sections (RFC 2181 9,
+    /// RFC 7766 5) so the client retries over TCP.
+    fn respond(&self, request: &Request, response: Response) -> Vec<u8> {
+        self.metrics
+            .responses
+            .with_label_values(&[rcode_label(response.rcode), response.origin.label()])
+            .inc();
+        let mut message = Message::response(request.id, request.op_code);
+        message.metadata.message_type = MessageType::Response;
+        message.metadata.recursion_desired = request.recursion_desired;
+        message.metadata.checking_disabled = request.checking_disabled;
+        message.metadata.recursion_available = response.recursion_available;
+        message.metadata.authoritative = response.authoritative;
+        message.metadata.response_code = response.rcode;
+        if let Some(query) = &request.query {
+            message.add_query(query.clone());
+        }
+        if let Some(client) = &request.edns {
+            let mut edns = Edns::new();
+            edns.set_max_payload(self.max_udp_payload);
+            edns.set_version(0);
+            edns.set_dnssec_ok(client.flags().dnssec_ok);
+            message.set_edns(edns);
+        }
+        message.answers = response.answers;
+        message.authorities = response.authorities;
+        message.additionals = response.additionals;
+        let bytes = encode(&message);
+        if request.transport == Transport::Udp && bytes.len() > self.udp_limit(request) {
+            self.metrics.truncated_responses.inc();
+            message.metadata.truncation = true;
+            message.answers.clear();
+            message.authorities.clear();
+            message.additionals.clear();
+            return encode(&message);
+        }
+        bytes
+    }
+}
+
+/// Encodes a message; a message that cannot be encoded (a bug, or an upstream record we
+/// cannot re-encode) becomes a bare SERVFAIL for the same id and question.
+fn encode(message: &Message) -> Vec<u8> {
+    match message.to_vec() {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            tracing::error!(%error, "could not encode a response; sending SERVFAIL");
+            let mut fallback = Message::response(message.metadata.id, message.metadata.op_code);
+            fallback.metadata.response_code = ResponseCode::ServFail;
+            fallback.metadata.recursion_desired = message.metadata.recursion_desired;
+            fallback.metadata.recursion_available = true;
+            fallback.queries = message.queries.clone();
+            fallback.to_vec().unwrap_or_default()
+        }
+    }
+}

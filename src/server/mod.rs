@@ -1,0 +1,102 @@
+//! The DNS server: sockets and the tasks that read and write them, nothing else.
+//!
+//! Every listen address gets UDP and TCP on the same port (with port 0, the port the kernel
+//! picks for UDP is then taken for TCP too). UDP has one SO_REUSEPORT socket per worker;
+//! answers come from the [`handler::Handler`], which is the only place that knows DNS.
+
+pub mod handler;
+pub mod socket;
+pub mod tcp;
+pub mod udp;
+
+use crate::config::ServerConfig;
+use crate::ops::metrics::Metrics;
+use handler::Handler;
+use socket::BufferSizes;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// UDP sockets and a TCP listener bound on one address.
+pub struct DnsListener {
+    addr: SocketAddr,
+    udp: Vec<std::net::UdpSocket>,
+    tcp: std::net::TcpListener,
+}
+
+impl DnsListener {
+    /// The address actually bound (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// Binds UDP and TCP on `addr`. With port 0 the UDP port is chosen first and TCP takes the
+/// same number, retrying a few times if TCP already has it in use.
+pub fn bind(addr: SocketAddr, config: &ServerConfig) -> io::Result<DnsListener> {
+    let workers = config.effective_udp_workers();
+    let buffers = BufferSizes {
+        recv: config.recv_buffer_bytes,
+        send: config.send_buffer_bytes,
+    };
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let first = socket::bind_udp(addr, buffers)?;
+        let bound = first.local_addr()?;
+        let tcp = match socket::bind_tcp(bound) {
+            Ok(tcp) => tcp,
+            Err(error)
+                if addr.port() == 0
+                    && error.kind() == io::ErrorKind::AddrInUse
+                    && attempts < 20 =>
+            {
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        let mut udp = vec![first];
+        for _ in 1..workers {
+            udp.push(socket::bind_udp(bound, buffers)?);
+        }
+        return Ok(DnsListener {
+            addr: bound,
+            udp,
+            tcp,
+        });
+    }
+}
+
+/// Starts the UDP workers and the TCP acceptor of every listener. Must run inside a tokio
+/// runtime. The tasks stop when `cancel` fires.
+pub fn spawn(
+    listeners: Vec<DnsListener>,
+    handler: Arc<Handler>,
+    metrics: Arc<Metrics>,
+    config: &ServerConfig,
+    cancel: CancellationToken,
+) -> io::Result<JoinSet<()>> {
+    let limits = tcp::TcpLimits {
+        idle_timeout: config.tcp_idle_timeout,
+        max_connections: config.max_tcp_connections,
+        max_queries_per_connection: config.max_tcp_queries_per_connection,
+    };
+    let mut tasks = JoinSet::new();
+    for listener in listeners {
+        for socket in listener.udp {
+            let socket = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
+            tasks.spawn(udp::serve(socket, handler.clone(), cancel.clone()));
+        }
+        let tcp = tokio::net::TcpListener::from_std(listener.tcp)?;
+        tasks.spawn(tcp::serve(
+            tcp,
+            handler.clone(),
+            metrics.clone(),
+            limits,
+            cancel.clone(),
+        ));
+    }
+    Ok(tasks)
+}

@@ -1,0 +1,129 @@
+//! TCP: length-prefixed messages (RFC 1035 4.2.2), several queries per connection answered
+//! as they complete (pipelining, RFC 7766 6.2.1.1), an idle timeout, and a cap on connections.
+
+use super::handler::{Handler, Outcome, Transport};
+use crate::ops::metrics::Metrics;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+/// TCP limits.
+#[derive(Clone, Copy, Debug)]
+pub struct TcpLimits {
+    /// A connection with no query for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections beyond this are closed at once (and counted).
+    pub max_connections: usize,
+    /// Queries answered on one connection before it is closed; 0 = unlimited.
+    pub max_queries_per_connection: usize,
+}
+
+/// Accepts connections until `cancel` fires.
+pub async fn serve(
+    listener: TcpListener,
+    handler: Arc<Handler>,
+    metrics: Arc<Metrics>,
+    limits: TcpLimits,
+    cancel: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    debug!(%error, "TCP accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.tcp_connections_rejected.inc();
+            debug!(%peer, "TCP connection refused: max_tcp_connections reached");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            connection(stream, handler, limits, cancel).await;
+            drop(slot);
+        });
+    }
+}
+
+/// One connection: a reader that answers zone queries inline and hands upstream questions to
+/// tasks, and a writer that sends answers in the order they are ready.
+async fn connection(
+    stream: TcpStream,
+    handler: Arc<Handler>,
+    limits: TcpLimits,
+    cancel: CancellationToken,
+) {
+    let (mut reader, mut writer) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+    let writer_task = tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            let Ok(len) = u16::try_from(bytes.len()) else {
+                continue;
+            };
+            let mut framed = Vec::with_capacity(bytes.len() + 2);
+            framed.extend_from_slice(&len.to_be_bytes());
+            framed.extend_from_slice(&bytes);
+            if writer.write_all(&framed).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let mut answered = 0usize;
+    let mut buf = Vec::new();
+    loop {
+        let mut len = [0u8; 2];
+        let read = tokio::select! {
+            _ = cancel.cancelled() => break,
+            read = tokio::time::timeout(limits.idle_timeout, reader.read_exact(&mut len)) => read,
+        };
+        match read {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => break, // closed by the peer, or idle too long
+        }
+        let len = usize::from(u16::from_be_bytes(len));
+        buf.resize(len, 0);
+        match tokio::time::timeout(limits.idle_timeout, reader.read_exact(&mut buf)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => break,
+        }
+        match handler.handle(&buf, Transport::Tcp) {
+            Outcome::Reply(bytes) => {
+                if tx.send(bytes).await.is_err() {
+                    break;
+                }
+            }
+            Outcome::Drop => {}
+            Outcome::Upstream(pending) => {
+                let tx = tx.clone();
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let bytes = handler.finish(pending).await;
+                    let _ = tx.send(bytes).await;
+                });
+            }
+        }
+        answered += 1;
+        if limits.max_queries_per_connection != 0 && answered >= limits.max_queries_per_connection {
+            break;
+        }
+    }
+    // Answers still being resolved upstream hold a sender; the writer finishes them first.
+    drop(tx);
+    let _ = writer_task.await;
+}

@@ -1,0 +1,48 @@
+//! UDP workers: each owns one SO_REUSEPORT socket and answers zone queries inline, without a
+//! task per datagram; only questions that need the upstream get a task of their own.
+
+use super::handler::{Handler, Outcome, Transport};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+/// Largest datagram read; anything longer is not a DNS query we answer.
+const MAX_DATAGRAM: usize = 65535;
+
+/// Runs one UDP worker until `cancel` fires.
+pub async fn serve(socket: Arc<UdpSocket>, handler: Arc<Handler>, cancel: CancellationToken) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (len, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            received = socket.recv_from(&mut buf) => match received {
+                Ok(received) => received,
+                Err(error) => {
+                    // ICMP errors from earlier sends surface here on some systems; keep going.
+                    debug!(%error, "UDP receive error");
+                    continue;
+                }
+            },
+        };
+        match handler.handle(&buf[..len], Transport::Udp) {
+            Outcome::Reply(bytes) => send(&socket, &bytes, peer).await,
+            Outcome::Drop => {}
+            Outcome::Upstream(pending) => {
+                let socket = socket.clone();
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let bytes = handler.finish(pending).await;
+                    send(&socket, &bytes, peer).await;
+                });
+            }
+        }
+    }
+}
+
+async fn send(socket: &UdpSocket, bytes: &[u8], peer: SocketAddr) {
+    if let Err(error) = socket.send_to(bytes, peer).await {
+        debug!(%peer, %error, "UDP send failed");
+    }
+}

@@ -1,0 +1,130 @@
+//! Sources of cluster data: the boundary between "where objects come from" and the zone.
+//!
+//! A source turns the outside world (a manifest directory today, the Kubernetes API and a
+//! last-good snapshot later) into [`SourceEvent`]s carrying the real k8s-openapi types. It knows
+//! nothing of DNS: it must not build names or records. The zone consumes the events through
+//! [`EventSink`] and does not care which source sent them.
+
+pub mod manifests;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use std::fmt;
+
+/// One Kubernetes object that the zone can be built from.
+#[derive(Clone, Debug)]
+pub enum ClusterObject {
+    /// A `v1/Service`.
+    Service(Box<Service>),
+    /// A `discovery.k8s.io/v1/EndpointSlice`.
+    EndpointSlice(Box<EndpointSlice>),
+    /// A `v1/Pod` (only used for pod records in `verified` mode).
+    Pod(Box<Pod>),
+    /// A `v1/Namespace` (makes `<ns>.svc.<zone>` an existing name even without services).
+    Namespace(Box<Namespace>),
+}
+
+/// The kinds of object a source can deliver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectKind {
+    /// `v1/Service`
+    Service,
+    /// `discovery.k8s.io/v1/EndpointSlice`
+    EndpointSlice,
+    /// `v1/Pod`
+    Pod,
+    /// `v1/Namespace`
+    Namespace,
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ObjectKind::Service => "Service",
+            ObjectKind::EndpointSlice => "EndpointSlice",
+            ObjectKind::Pod => "Pod",
+            ObjectKind::Namespace => "Namespace",
+        })
+    }
+}
+
+/// Identity of an object: kind, namespace (empty for cluster-scoped kinds) and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    /// What kind of object this is.
+    pub kind: ObjectKind,
+    /// The namespace, or `""` for a Namespace object.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+impl ClusterObject {
+    /// The kind of this object.
+    pub fn kind(&self) -> ObjectKind {
+        match self {
+            ClusterObject::Service(_) => ObjectKind::Service,
+            ClusterObject::EndpointSlice(_) => ObjectKind::EndpointSlice,
+            ClusterObject::Pod(_) => ObjectKind::Pod,
+            ClusterObject::Namespace(_) => ObjectKind::Namespace,
+        }
+    }
+
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            ClusterObject::Service(o) => &o.metadata,
+            ClusterObject::EndpointSlice(o) => &o.metadata,
+            ClusterObject::Pod(o) => &o.metadata,
+            ClusterObject::Namespace(o) => &o.metadata,
+        }
+    }
+
+    /// The object's identity, or `None` when it has no name (such an object is rejected).
+    pub fn key(&self) -> Option<ObjectKey> {
+        let meta = self.meta();
+        let name = meta.name.clone().filter(|n| !n.is_empty())?;
+        let namespace = match self.kind() {
+            ObjectKind::Namespace => String::new(),
+            // `kubectl apply` puts namespace-less objects in "default"; so do we.
+            _ => meta
+                .namespace
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| "default".to_string()),
+        };
+        Some(ObjectKey {
+            kind: self.kind(),
+            namespace,
+            name,
+        })
+    }
+}
+
+/// What a source tells the zone.
+#[derive(Clone, Debug)]
+pub enum SourceEvent {
+    /// The object was created or changed: replace whatever was known under its key.
+    Apply(ClusterObject),
+    /// The object is gone.
+    Delete(ObjectKey),
+    /// The source has delivered its complete initial state: "not found" is now NXDOMAIN
+    /// rather than SERVFAIL.
+    InitialSyncDone,
+}
+
+/// Where a source delivers its events. The zone implements it; tests can record events.
+pub trait EventSink: Send + Sync {
+    /// Apply one event. Must be cheap: the cost may depend on the size of the object, never
+    /// on the size of the whole zone.
+    fn handle(&self, event: SourceEvent);
+}

@@ -1,0 +1,861 @@
+//! The authoritative cluster zone: records per object, a name index, and `lookup`.
+//!
+//! ```text
+//!  SourceEvent ──apply──▶ writer state (compact objects, records each owner published)
+//!                              │ diff: only the names of the object that changed
+//!                              ▼
+//!                         name index (DashMap<Name, Node>) ◀──lookup── query handler
+//! ```
+//!
+//! The zone owns the specification: which names exist, what they hold, and which negative
+//! answer (NXDOMAIN or NODATA) a missing record gets. Applying one event costs in proportion to
+//! the size of the one Service (with its EndpointSlices), Pod or Namespace that changed, never
+//! to the size of the zone: there is no rebuild. Readers take a shard read lock for the
+//! duration of one name lookup and never wait on the writer's own lock.
+//!
+//! The zone does no I/O and knows nothing of sockets, upstreams or where objects come from.
+
+pub mod name;
+pub mod records;
+
+use crate::config::PodMode;
+use crate::ops::metrics::Metrics;
+use crate::source::{ClusterObject, EventSink, ObjectKey, ObjectKind, SourceEvent};
+use dashmap::DashMap;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::rdata::{NS, SOA, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use records::{PodInfo, RecordsByName, Rejection, ServiceInfo, SliceInfo};
+use std::cell::Cell;
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tracing::{debug, warn};
+
+/// The version of the Kubernetes DNS schema this zone implements (specification 2.1).
+pub const SCHEMA_VERSION: &str = "1.1.0";
+/// TTL of `dns-version.<zone>`, as CoreDNS serves it.
+const DNS_VERSION_TTL: u32 = 28800;
+/// How many CNAMEs inside the zone are followed before giving up.
+const MAX_CNAME_CHAIN: usize = 8;
+
+/// How the zone is shaped.
+#[derive(Clone, Debug)]
+pub struct ZoneConfig {
+    /// The zone apex, e.g. `cluster.local.`.
+    pub origin: Name,
+    /// TTL of every record and of negative answers (the SOA minimum).
+    pub ttl: u32,
+    /// Pod records mode.
+    pub pods: PodMode,
+}
+
+/// What the zone says about a question.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Not a name this zone answers for: the handler forwards it upstream.
+    NotOurs,
+    /// An authoritative answer (AA).
+    Answer(ZoneAnswer),
+    /// The name was not found but the sources have not delivered their initial state yet:
+    /// SERVFAIL, which clients retry, rather than NXDOMAIN, which they cache (as CoreDNS).
+    NotSynced,
+    /// A zone transfer (AXFR/IXFR): not offered.
+    Refused,
+}
+
+/// An authoritative answer built from the zone.
+#[derive(Debug, Default)]
+pub struct ZoneAnswer {
+    /// NOERROR (with data, or NODATA) or NXDOMAIN.
+    pub rcode: ResponseCode,
+    /// The answer section; owner names of records at the question name echo its case.
+    pub answers: Vec<Record>,
+    /// The authority section (the SOA of negative answers).
+    pub authorities: Vec<Record>,
+    /// The additional section (addresses of SRV targets).
+    pub additionals: Vec<Record>,
+    /// The CNAME chain left the zone at this name: the handler resolves it upstream for the
+    /// question's type and appends what it finds.
+    pub external_target: Option<Name>,
+}
+
+/// Who contributed records to a name. Several owners can share a name (two Services whose
+/// IPs reverse to the same PTR name during a change, a Namespace and its Services).
+type OwnerId = u64;
+const STATIC_OWNER: OwnerId = 0;
+
+/// One name in the index.
+#[derive(Debug, Default)]
+struct Node {
+    /// Records per owner. An owner with no records makes the name exist (NODATA).
+    owners: Vec<(OwnerId, Arc<[Record]>)>,
+    /// How many names lie directly below this one: an empty non-terminal exists too.
+    children: u32,
+}
+
+impl Node {
+    fn records(&self) -> impl Iterator<Item = &Record> {
+        self.owners.iter().flat_map(|(_, records)| records.iter())
+    }
+    fn is_unused(&self) -> bool {
+        self.owners.is_empty() && self.children == 0
+    }
+}
+
+#[derive(Debug)]
+struct ServiceEntry {
+    owner: OwnerId,
+    info: Option<ServiceInfo>,
+    slices: BTreeSet<String>,
+    published: RecordsByName,
+}
+
+#[derive(Debug, Default)]
+struct NamespaceEntry {
+    owner: OwnerId,
+    explicit: bool,
+    services: usize,
+    pods: usize,
+    published: bool,
+}
+
+impl NamespaceEntry {
+    fn exists(&self) -> bool {
+        self.explicit || self.services > 0 || self.pods > 0
+    }
+}
+
+/// Everything only the writer touches.
+#[derive(Debug, Default)]
+struct WriterState {
+    next_owner: OwnerId,
+    services: HashMap<(String, String), ServiceEntry>,
+    slices: HashMap<(String, String), SliceInfo>,
+    namespaces: HashMap<String, NamespaceEntry>,
+    pods: HashMap<(String, String), PodInfo>,
+}
+
+impl WriterState {
+    fn new_owner(&mut self) -> OwnerId {
+        self.next_owner += 1;
+        self.next_owner
+    }
+}
+
+/// The cluster zone.
+pub struct Zone {
+    config: ZoneConfig,
+    index: DashMap<Name, Node>,
+    /// `(namespace, ip)` of every Pod, for `pods verified`.
+    pod_ips: DashMap<(String, IpAddr), u32>,
+    serial: AtomicU32,
+    synced: AtomicBool,
+    writer: Mutex<WriterState>,
+    metrics: Arc<Metrics>,
+    soa_mname: Name,
+    soa_rname: Name,
+}
+
+thread_local! {
+    /// Rotates multi-address answers so clients spread over endpoints (CoreDNS `loadbalance`).
+    static ROTATION: Cell<usize> = const { Cell::new(0) };
+}
+
+impl Zone {
+    /// An empty zone with its static names: apex SOA/NS, `dns-version`, `svc`, `pod`.
+    pub fn new(config: ZoneConfig, metrics: Arc<Metrics>) -> Zone {
+        let origin = config.origin.to_lowercase();
+        let child = |label: &str| {
+            Name::from_ascii(label)
+                .and_then(|l| l.append_name(&origin))
+                .unwrap_or_else(|_| origin.clone())
+        };
+        let soa_mname = child("ns.dns");
+        let soa_rname = child("hostmaster");
+        let zone = Zone {
+            config: ZoneConfig {
+                origin: origin.clone(),
+                ..config
+            },
+            index: DashMap::new(),
+            pod_ips: DashMap::new(),
+            serial: AtomicU32::new(now_serial()),
+            synced: AtomicBool::new(false),
+            writer: Mutex::new(WriterState::default()),
+            metrics,
+            soa_mname: soa_mname.clone(),
+            soa_rname,
+        };
+        let ttl = zone.config.ttl;
+        zone.put(
+            &origin,
+            STATIC_OWNER,
+            Arc::new([Record::from_rdata(
+                origin.clone(),
+                ttl,
+                RData::NS(NS(soa_mname)),
+            )]),
+        );
+        let version = child("dns-version");
+        zone.put(
+            &version,
+            STATIC_OWNER,
+            Arc::new([Record::from_rdata(
+                version.clone(),
+                DNS_VERSION_TTL,
+                RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_string()])),
+            )]),
+        );
+        zone.put(&child("svc"), STATIC_OWNER, Arc::new([]));
+        zone.put(&child("pod"), STATIC_OWNER, Arc::new([]));
+        zone
+    }
+
+    /// The zone apex.
+    pub fn origin(&self) -> &Name {
+        &self.config.origin
+    }
+
+    /// True once every source delivered its initial state.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// The SOA record of the zone (RFC 1035 3.3.13; values as CoreDNS serves them).
+    pub fn soa(&self) -> Record {
+        let ttl = self.config.ttl;
+        Record::from_rdata(
+            self.config.origin.clone(),
+            ttl,
+            RData::SOA(SOA::new(
+                self.soa_mname.clone(),
+                self.soa_rname.clone(),
+                self.serial.load(Ordering::Relaxed),
+                7200,
+                1800,
+                86400,
+                ttl,
+            )),
+        )
+    }
+
+    // ---------------------------------------------------------------- reading
+
+    /// Answers one question from the zone (see [`Lookup`]).
+    pub fn lookup(&self, qname: &Name, qtype: RecordType) -> Lookup {
+        let in_zone = self.config.origin.zone_of(qname);
+        if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+            return if in_zone {
+                Lookup::Refused
+            } else {
+                Lookup::NotOurs
+            };
+        }
+        if !in_zone {
+            return self.lookup_reverse(qname, qtype);
+        }
+        if let Some(answer) = self.lookup_pod(qname, qtype) {
+            return answer;
+        }
+        let mut answer = ZoneAnswer::default();
+        let found = match self.index.get(qname) {
+            None => false,
+            Some(node) => {
+                self.collect(&node, qname, qtype, &mut answer.answers);
+                if answer.answers.is_empty()
+                    && !matches!(qtype, RecordType::CNAME | RecordType::ANY)
+                    && let Some(target) = cname_target(&node)
+                {
+                    let mut cname = node
+                        .records()
+                        .find(|r| r.record_type() == RecordType::CNAME)
+                        .cloned();
+                    drop(node);
+                    if let Some(cname) = cname.as_mut() {
+                        cname.name = qname.clone();
+                        answer.answers.push(cname.clone());
+                    }
+                    return self.follow_cname(target, qtype, answer);
+                }
+                true
+            }
+        };
+        if !found {
+            return self.negative(ResponseCode::NXDomain, answer);
+        }
+        if qname == &self.config.origin && matches!(qtype, RecordType::SOA | RecordType::ANY) {
+            let mut soa = self.soa();
+            soa.name = qname.clone();
+            answer.answers.insert(0, soa);
+        }
+        if answer.answers.is_empty() {
+            return self.negative(ResponseCode::NoError, answer);
+        }
+        if qtype == RecordType::SRV {
+            self.add_srv_targets(&mut answer);
+        }
+        Lookup::Answer(answer)
+    }
+
+    /// A negative answer with the SOA in the authority section (RFC 2308 section 3). Before the
+    /// initial sync a missing name is SERVFAIL instead.
+    fn negative(&self, rcode: ResponseCode, mut answer: ZoneAnswer) -> Lookup {
+        if rcode == ResponseCode::NXDomain && !self.is_synced() {
+            return Lookup::NotSynced;
+        }
+        answer.rcode = rcode;
+        answer.authorities.push(self.soa());
+        Lookup::Answer(answer)
+    }
+
+    /// Records of `qtype` at a node, owner names set to the question's spelling.
+    fn collect(&self, node: &Node, qname: &Name, qtype: RecordType, out: &mut Vec<Record>) {
+        let start = out.len();
+        for record in node.records() {
+            if qtype == RecordType::ANY || record.record_type() == qtype {
+                let mut record = record.clone();
+                record.name = qname.clone();
+                out.push(record);
+            }
+        }
+        let added = out.len() - start;
+        if added > 1 && matches!(qtype, RecordType::A | RecordType::AAAA) {
+            let turn = ROTATION.with(|r| {
+                let n = r.get().wrapping_add(1);
+                r.set(n);
+                n
+            });
+            out[start..].rotate_left(turn % added);
+        }
+    }
+
+    /// Follows a CNAME chain inside the zone; stops at the first name outside it, which the
+    /// handler resolves upstream. The rcode is the one of the last name (RFC 6604 section 2.1).
+    fn follow_cname(&self, mut target: Name, qtype: RecordType, mut answer: ZoneAnswer) -> Lookup {
+        for _ in 0..MAX_CNAME_CHAIN {
+            if !self.config.origin.zone_of(&target) {
+                answer.external_target = Some(target);
+                return Lookup::Answer(answer);
+            }
+            let Some(node) = self.index.get(&target) else {
+                return self.negative(ResponseCode::NXDomain, answer);
+            };
+            let before = answer.answers.len();
+            self.collect(&node, &target, qtype, &mut answer.answers);
+            if answer.answers.len() > before {
+                return Lookup::Answer(answer);
+            }
+            let Some(next) = cname_target(&node) else {
+                drop(node);
+                return self.negative(ResponseCode::NoError, answer);
+            };
+            if let Some(cname) = node
+                .records()
+                .find(|r| r.record_type() == RecordType::CNAME)
+            {
+                answer.answers.push(cname.clone());
+            }
+            target = next;
+        }
+        warn!(name = %target, "CNAME chain inside the zone is too long; answering with what was found");
+        Lookup::Answer(answer)
+    }
+
+    /// Addresses of SRV targets go in the additional section (RFC 2782, "Target").
+    fn add_srv_targets(&self, answer: &mut ZoneAnswer) {
+        let mut seen = BTreeSet::new();
+        for record in &answer.answers {
+            if let RData::SRV(srv) = &record.data
+                && seen.insert(srv.target.clone())
+                && let Some(node) = self.index.get(&srv.target)
+            {
+                answer.additionals.extend(
+                    node.records()
+                        .filter(|r| matches!(r.record_type(), RecordType::A | RecordType::AAAA))
+                        .cloned(),
+                );
+            }
+        }
+    }
+
+    /// PTR records for cluster IPs and endpoints. Any other reverse name, and any other type,
+    /// belongs to the upstream resolvers.
+    fn lookup_reverse(&self, qname: &Name, qtype: RecordType) -> Lookup {
+        if !matches!(qtype, RecordType::PTR | RecordType::ANY) {
+            return Lookup::NotOurs;
+        }
+        let Some(node) = self.index.get(qname) else {
+            return Lookup::NotOurs;
+        };
+        let mut answer = ZoneAnswer::default();
+        self.collect(&node, qname, RecordType::PTR, &mut answer.answers);
+        if answer.answers.is_empty() {
+            return Lookup::NotOurs;
+        }
+        Lookup::Answer(answer)
+    }
+
+    /// `<dashed-ip>.<ns>.pod.<zone>` (CoreDNS `pods` option). `None` when the name is not
+    /// under `pod.<zone>` at pod depth.
+    fn lookup_pod(&self, qname: &Name, qtype: RecordType) -> Option<Lookup> {
+        let relative = usize::from(qname.num_labels() - self.config.origin.num_labels());
+        if relative < 3 {
+            return None;
+        }
+        let labels: Vec<&[u8]> = qname.iter().take(relative).collect();
+        if !labels[relative - 1].eq_ignore_ascii_case(b"pod") {
+            return None;
+        }
+        let nxdomain = || Some(self.negative(ResponseCode::NXDomain, ZoneAnswer::default()));
+        if relative > 3 || self.config.pods == PodMode::Disabled {
+            return nxdomain();
+        }
+        let (Ok(label), Ok(namespace)) = (
+            std::str::from_utf8(labels[0]),
+            std::str::from_utf8(labels[1]),
+        ) else {
+            return nxdomain();
+        };
+        let Some(ip) = name::parse_dashed_ip(label) else {
+            return nxdomain();
+        };
+        let namespace = namespace.to_ascii_lowercase();
+        let known = match self.config.pods {
+            PodMode::Verified => self.pod_ips.contains_key(&(namespace, ip)),
+            _ => self.index.contains_key(&qname.base_name()),
+        };
+        if !known {
+            return nxdomain();
+        }
+        let record = Record::from_rdata(qname.clone(), self.config.ttl, records::address_rdata(ip));
+        let mut answer = ZoneAnswer::default();
+        if qtype == RecordType::ANY || record.record_type() == qtype {
+            answer.answers.push(record);
+            Some(Lookup::Answer(answer))
+        } else {
+            Some(self.negative(ResponseCode::NoError, answer))
+        }
+    }
+
+    // ---------------------------------------------------------------- writing
+
+    fn lock(&self) -> MutexGuard<'_, WriterState> {
+        // A panic while applying an event must not stop every later update.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_forward_name(&self, name: &Name) -> bool {
+        self.config.origin.zone_of(name)
+    }
+
+    fn name_gauge(&self, name: &Name) -> &'static str {
+        if self.is_forward_name(name) {
+            "forward"
+        } else {
+            "reverse"
+        }
+    }
+
+    /// Sets `owner`'s records at `name`; creates the name (and links it to its parent).
+    fn put(&self, name: &Name, owner: OwnerId, records: Arc<[Record]>) {
+        let mut created = false;
+        {
+            let mut node = self.index.entry(name.clone()).or_insert_with(|| {
+                created = true;
+                Node::default()
+            });
+            match node.owners.iter_mut().find(|(o, _)| *o == owner) {
+                Some(slot) => slot.1 = records,
+                None => node.owners.push((owner, records)),
+            }
+        }
+        if created {
+            self.count_name(name, 1);
+            self.link_to_parent(name);
+        }
+    }
+
+    /// A new node counts as a child of its parent; a missing parent is created as an empty
+    /// non-terminal, and so on up to the names right under the apex.
+    fn link_to_parent(&self, name: &Name) {
+        let mut current = name.clone();
+        while let Some(parent) = self.tracked_parent(&current) {
+            let mut created = false;
+            self.index
+                .entry(parent.clone())
+                .or_insert_with(|| {
+                    created = true;
+                    Node::default()
+                })
+                .children += 1;
+            if !created {
+                return;
+            }
+            self.count_name(&parent, 1);
+            current = parent;
+        }
+    }
+
+    /// Removes `owner`'s records at `name`; a name nobody owns and with no child is gone, and
+    /// so is every empty non-terminal above it that it leaves childless.
+    fn remove(&self, name: &Name, owner: OwnerId) {
+        let unused = match self.index.get_mut(name) {
+            Some(mut node) => {
+                node.owners.retain(|(o, _)| *o != owner);
+                node.is_unused()
+            }
+            None => false,
+        };
+        if !unused || self.index.remove_if(name, |_, n| n.is_unused()).is_none() {
+            return;
+        }
+        self.count_name(name, -1);
+        let mut current = name.clone();
+        while let Some(parent) = self.tracked_parent(&current) {
+            let unused = match self.index.get_mut(&parent) {
+                Some(mut node) => {
+                    node.children = node.children.saturating_sub(1);
+                    node.is_unused()
+                }
+                None => false,
+            };
+            if !unused
+                || self
+                    .index
+                    .remove_if(&parent, |_, n| n.is_unused())
+                    .is_none()
+            {
+                return;
+            }
+            self.count_name(&parent, -1);
+            current = parent;
+        }
+    }
+
+    /// The parent whose existence depends on `name`: none for names right under the apex
+    /// (their parent is the apex, always there) and none for reverse names (`in-addr.arpa`
+    /// belongs to the upstream resolvers except for the exact names the cluster owns).
+    fn tracked_parent(&self, name: &Name) -> Option<Name> {
+        (self.is_forward_name(name) && name.num_labels() > self.config.origin.num_labels() + 1)
+            .then(|| name.base_name())
+    }
+
+    fn count_name(&self, name: &Name, delta: i64) {
+        self.metrics
+            .zone_names
+            .with_label_values(&[self.name_gauge(name)])
+            .add(delta);
+    }
+
+    fn bump_serial(&self) {
+        let now = now_serial();
+        let _ = self
+            .serial
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(now.max(old.wrapping_add(1)))
+            });
+    }
+
+    fn reject(&self, kind: ObjectKind, key: &dyn std::fmt::Display, reason: Rejection) {
+        warn!(object = %key, reason = reason.as_str(), "object skipped; the rest of the zone keeps serving");
+        self.metrics
+            .objects_rejected
+            .with_label_values(&[&kind.to_string(), reason.as_str()])
+            .inc();
+    }
+
+    /// Applies one event from a source.
+    pub fn apply(&self, event: SourceEvent) {
+        match event {
+            SourceEvent::InitialSyncDone => {
+                self.synced.store(true, Ordering::Release);
+                self.metrics.synced.set(1);
+            }
+            SourceEvent::Apply(object) => {
+                let Some(key) = object.key() else {
+                    self.metrics
+                        .objects_rejected
+                        .with_label_values(&[&object.kind().to_string(), "no_name"])
+                        .inc();
+                    return;
+                };
+                if !name::is_valid_label(&key.namespace) && key.kind != ObjectKind::Namespace
+                    || !name::is_valid_label(&key.name)
+                {
+                    self.reject(key.kind, &key, Rejection::InvalidName);
+                    return;
+                }
+                let mut state = self.lock();
+                match object {
+                    ClusterObject::Service(service) => match records::service_info(&service) {
+                        Ok(info) => self.set_service(&mut state, &key, Some(info)),
+                        Err(reason) => self.reject(key.kind, &key, reason),
+                    },
+                    ClusterObject::EndpointSlice(slice) => match records::slice_info(&slice) {
+                        Ok(info) => self.set_slice(&mut state, &key, Some(info)),
+                        Err(reason) => self.reject(key.kind, &key, reason),
+                    },
+                    ClusterObject::Pod(pod) => {
+                        self.set_pod(&mut state, &key, Some(records::pod_info(&pod)))
+                    }
+                    ClusterObject::Namespace(_) => self.set_namespace(&mut state, &key.name, true),
+                }
+                self.bump_serial();
+            }
+            SourceEvent::Delete(key) => {
+                let mut state = self.lock();
+                match key.kind {
+                    ObjectKind::Service => self.set_service(&mut state, &key, None),
+                    ObjectKind::EndpointSlice => self.set_slice(&mut state, &key, None),
+                    ObjectKind::Pod => self.set_pod(&mut state, &key, None),
+                    ObjectKind::Namespace => self.set_namespace(&mut state, &key.name, false),
+                }
+                self.bump_serial();
+            }
+        }
+    }
+
+    fn set_service(&self, state: &mut WriterState, key: &ObjectKey, info: Option<ServiceInfo>) {
+        let id = (key.namespace.clone(), key.name.clone());
+        let was_present = state
+            .services
+            .get(&id)
+            .is_some_and(|entry| entry.info.is_some());
+        let is_present = info.is_some();
+        if !was_present && !is_present && !state.services.contains_key(&id) {
+            return;
+        }
+        let owner = match state.services.get(&id) {
+            Some(entry) => entry.owner,
+            None => state.new_owner(),
+        };
+        let entry = state
+            .services
+            .entry(id.clone())
+            .or_insert_with(|| ServiceEntry {
+                owner,
+                info: None,
+                slices: BTreeSet::new(),
+                published: RecordsByName::new(),
+            });
+        entry.info = info;
+        self.republish(state, &id);
+        if was_present != is_present {
+            let delta: isize = if is_present { 1 } else { -1 };
+            self.metrics.zone_services.add(delta as i64);
+            let ns = state.namespaces.entry(key.namespace.clone()).or_default();
+            ns.services = ns.services.saturating_add_signed(delta);
+            self.sync_namespace(state, &key.namespace);
+        }
+    }
+
+    fn set_slice(&self, state: &mut WriterState, key: &ObjectKey, info: Option<SliceInfo>) {
+        let slice_id = (key.namespace.clone(), key.name.clone());
+        let old_service = state.slices.get(&slice_id).map(|s| s.service.clone());
+        let new_service = info.as_ref().map(|s| s.service.clone());
+        match info {
+            Some(info) => {
+                state.slices.insert(slice_id.clone(), info);
+            }
+            None => {
+                state.slices.remove(&slice_id);
+            }
+        }
+        // A slice that moved to another service leaves the old one first.
+        if let Some(old) = old_service.filter(|old| Some(old) != new_service.as_ref()) {
+            let service_id = (key.namespace.clone(), old);
+            if let Some(entry) = state.services.get_mut(&service_id) {
+                entry.slices.remove(&key.name);
+            }
+            self.republish(state, &service_id);
+        }
+        if let Some(new) = new_service {
+            let service_id = (key.namespace.clone(), new);
+            if !state.services.contains_key(&service_id) {
+                let owner = state.new_owner();
+                state.services.insert(
+                    service_id.clone(),
+                    ServiceEntry {
+                        owner,
+                        info: None,
+                        slices: BTreeSet::new(),
+                        published: RecordsByName::new(),
+                    },
+                );
+            }
+            if let Some(entry) = state.services.get_mut(&service_id) {
+                entry.slices.insert(key.name.clone());
+            }
+            self.republish(state, &service_id);
+        }
+    }
+
+    /// Recomputes one Service's records and changes only the names whose records differ.
+    fn republish(&self, state: &mut WriterState, service_id: &(String, String)) {
+        let Some(entry) = state.services.get(service_id) else {
+            return;
+        };
+        let fresh = match (
+            &entry.info,
+            records::service_name(&service_id.1, &service_id.0, &self.config.origin),
+        ) {
+            (Some(info), Some(name)) => {
+                let slices = entry
+                    .slices
+                    .iter()
+                    .filter_map(|s| state.slices.get(&(service_id.0.clone(), s.clone())));
+                records::service_records(info, slices, &name, self.config.ttl)
+            }
+            _ => RecordsByName::new(),
+        };
+        let owner = entry.owner;
+        for (name, _) in entry
+            .published
+            .iter()
+            .filter(|(n, _)| !fresh.contains_key(*n))
+        {
+            self.remove(name, owner);
+        }
+        for (name, records) in &fresh {
+            if entry.published.get(name) != Some(records) {
+                self.put(name, owner, records.clone().into());
+            }
+        }
+        debug!(service = %format!("{}/{}", service_id.0, service_id.1), names = fresh.len(), "service records published");
+        let remove_entry = entry.info.is_none() && entry.slices.is_empty();
+        if remove_entry {
+            state.services.remove(service_id);
+        } else if let Some(entry) = state.services.get_mut(service_id) {
+            entry.published = fresh;
+        }
+    }
+
+    fn set_pod(&self, state: &mut WriterState, key: &ObjectKey, info: Option<PodInfo>) {
+        if self.config.pods == PodMode::Disabled {
+            return;
+        }
+        let id = (key.namespace.clone(), key.name.clone());
+        let old = match info {
+            Some(info) => {
+                for ip in &info.ips {
+                    *self
+                        .pod_ips
+                        .entry((key.namespace.clone(), *ip))
+                        .or_insert(0) += 1;
+                }
+                state.pods.insert(id, info)
+            }
+            None => state.pods.remove(&id),
+        };
+        let existed = old.is_some();
+        for ip in old.into_iter().flat_map(|o| o.ips) {
+            let ip_key = (key.namespace.clone(), ip);
+            let gone = match self.pod_ips.get_mut(&ip_key) {
+                Some(mut n) => {
+                    *n = n.saturating_sub(1);
+                    *n == 0
+                }
+                None => false,
+            };
+            if gone {
+                self.pod_ips.remove_if(&ip_key, |_, n| *n == 0);
+            }
+        }
+        let exists = state
+            .pods
+            .contains_key(&(key.namespace.clone(), key.name.clone()));
+        if existed != exists {
+            let ns = state.namespaces.entry(key.namespace.clone()).or_default();
+            ns.pods = if exists {
+                ns.pods + 1
+            } else {
+                ns.pods.saturating_sub(1)
+            };
+            self.sync_namespace(state, &key.namespace);
+        }
+    }
+
+    fn set_namespace(&self, state: &mut WriterState, namespace: &str, explicit: bool) {
+        state
+            .namespaces
+            .entry(namespace.to_string())
+            .or_default()
+            .explicit = explicit;
+        self.sync_namespace(state, namespace);
+    }
+
+    /// `<ns>.svc.<zone>` (and `<ns>.pod.<zone>` when pod records are on) exist exactly while
+    /// the namespace does: NODATA rather than NXDOMAIN for a real namespace.
+    fn sync_namespace(&self, state: &mut WriterState, namespace: &str) {
+        let Some(entry) = state.namespaces.get(namespace) else {
+            return;
+        };
+        let exists = entry.exists();
+        if exists == entry.published {
+            if !exists {
+                state.namespaces.remove(namespace);
+            }
+            return;
+        }
+        let owner = if entry.owner == 0 {
+            state.new_owner()
+        } else {
+            entry.owner
+        };
+        for sub in ["svc", "pod"] {
+            if sub == "pod" && self.config.pods == PodMode::Disabled {
+                continue;
+            }
+            let Ok(name) = Name::from_labels([namespace.as_bytes(), sub.as_bytes()])
+                .and_then(|n| n.append_name(&self.config.origin))
+            else {
+                continue;
+            };
+            let name = name.to_lowercase();
+            if exists {
+                self.put(&name, owner, Arc::new([]));
+            } else {
+                self.remove(&name, owner);
+            }
+        }
+        if exists {
+            if let Some(entry) = state.namespaces.get_mut(namespace) {
+                entry.owner = owner;
+                entry.published = true;
+            }
+        } else {
+            state.namespaces.remove(namespace);
+        }
+    }
+
+    /// Number of names in the index (for tests and the scale benchmark).
+    pub fn name_count(&self) -> usize {
+        self.index.len()
+    }
+}
+
+impl EventSink for Zone {
+    fn handle(&self, event: SourceEvent) {
+        self.apply(event);
+    }
+}
+
+fn cname_target(node: &Node) -> Option<Name> {
+    node.records().find_map(|r| match &r.data {
+        RData::CNAME(c) => Some(c.0.clone()),
+        _ => None,
+    })
+}
+
+fn now_serial() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests;

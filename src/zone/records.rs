@@ -1,0 +1,397 @@
+//! From Kubernetes objects to DNS records: the Kubernetes DNS-Based Service Discovery
+//! specification (kubernetes/dns docs/specification.md, schema 1.1.0) as pure functions.
+//!
+//! Objects are first reduced to the compact data DNS needs ([`ServiceInfo`], [`SliceInfo`],
+//! [`PodInfo`]); whole API objects are never kept. Then [`service_records`] turns one Service
+//! and its EndpointSlices into every record that Service owns. Nothing here touches the index.
+
+use super::name::{dashed_ip, fqdn, is_valid_label, reverse_name};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SRV};
+use hickory_proto::rr::{Name, RData, Record};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+/// Why an object was not turned into records; the label of `clusterdns_objects_rejected_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// Namespace or name is not a DNS label.
+    InvalidName,
+    /// A Service without a spec.
+    NoSpec,
+    /// A cluster IP or endpoint address that is not an IP address.
+    InvalidAddress,
+    /// An ExternalName that is not a valid domain name.
+    InvalidExternalName,
+    /// An EndpointSlice without the `kubernetes.io/service-name` label.
+    NoServiceLabel,
+}
+
+impl Rejection {
+    /// The metric label for this reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::InvalidName => "invalid_name",
+            Rejection::NoSpec => "no_spec",
+            Rejection::InvalidAddress => "invalid_address",
+            Rejection::InvalidExternalName => "invalid_external_name",
+            Rejection::NoServiceLabel => "no_service_label",
+        }
+    }
+}
+
+/// A port as DNS needs it. SRV names exist only for named ports; the bare service name
+/// answers SRV for every port.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortInfo {
+    /// `ports[].name`, if any.
+    pub name: Option<String>,
+    /// Lower-case protocol label without the underscore: `tcp`, `udp`, `sctp`.
+    pub protocol: String,
+    /// The port number.
+    pub port: u16,
+}
+
+/// What kind of answers a Service gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceShape {
+    /// A/AAAA for each ClusterIP (every family of a dual-stack Service).
+    ClusterIp(Vec<IpAddr>),
+    /// `clusterIP: None`: records per endpoint.
+    Headless,
+    /// CNAME to this name.
+    ExternalName(Name),
+    /// No ClusterIP assigned yet (or a type DNS has nothing for): no records.
+    Unaddressed,
+}
+
+/// The compact form of a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// What the Service answers with.
+    pub shape: ServiceShape,
+    /// Service ports (used for ClusterIP SRV records).
+    pub ports: Vec<PortInfo>,
+    /// `spec.publishNotReadyAddresses`: not-ready endpoints get records too.
+    pub publish_not_ready: bool,
+}
+
+/// One endpoint of a slice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// Its addresses (one in practice; the API allows more).
+    pub addresses: Vec<IpAddr>,
+    /// `hostname`, which names the endpoint `<hostname>.<svc>.<ns>.svc.<zone>`.
+    pub hostname: Option<String>,
+    /// `conditions.ready`; an absent condition means ready (discovery.k8s.io/v1 API doc).
+    pub ready: bool,
+}
+
+/// The compact form of an EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceInfo {
+    /// The Service it belongs to (label `kubernetes.io/service-name`).
+    pub service: String,
+    /// Endpoints with IPv4/IPv6 addresses (FQDN slices carry none).
+    pub endpoints: Vec<EndpointInfo>,
+    /// Endpoint ports (headless SRV records use these, as CoreDNS does).
+    pub ports: Vec<PortInfo>,
+}
+
+/// The compact form of a Pod: its addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInfo {
+    /// `status.podIPs` (or `status.podIP`).
+    pub ips: Vec<IpAddr>,
+}
+
+fn protocol_label(protocol: Option<&str>) -> String {
+    protocol.unwrap_or("TCP").to_ascii_lowercase()
+}
+
+fn port_number(port: i32) -> Option<u16> {
+    u16::try_from(port).ok().filter(|p| *p != 0)
+}
+
+/// Reduce a Service to what DNS needs.
+pub fn service_info(service: &Service) -> Result<ServiceInfo, Rejection> {
+    let spec = service.spec.as_ref().ok_or(Rejection::NoSpec)?;
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(PortInfo {
+                name: p.name.clone().filter(|n| is_valid_label(n)),
+                protocol: protocol_label(p.protocol.as_deref()),
+                port: port_number(p.port)?,
+            })
+        })
+        .collect();
+    let shape = if spec.type_.as_deref() == Some("ExternalName") {
+        let target = spec.external_name.as_deref().unwrap_or_default();
+        match fqdn(target) {
+            Some(name) if !target.is_empty() && name.num_labels() > 0 => {
+                ServiceShape::ExternalName(name)
+            }
+            _ => return Err(Rejection::InvalidExternalName),
+        }
+    } else {
+        let ips: Vec<&str> = match (&spec.cluster_ips, &spec.cluster_ip) {
+            (Some(ips), _) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+            (_, Some(ip)) if !ip.is_empty() => vec![ip.as_str()],
+            _ => Vec::new(),
+        };
+        if ips.iter().any(|ip| ip.eq_ignore_ascii_case("None")) {
+            ServiceShape::Headless
+        } else if ips.is_empty() {
+            ServiceShape::Unaddressed
+        } else {
+            let parsed: Result<Vec<IpAddr>, _> = ips.iter().map(|ip| ip.parse()).collect();
+            ServiceShape::ClusterIp(parsed.map_err(|_| Rejection::InvalidAddress)?)
+        }
+    };
+    Ok(ServiceInfo {
+        shape,
+        ports,
+        publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
+    })
+}
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Reduce an EndpointSlice to what DNS needs. Addresses that do not parse are skipped (the
+/// rest of the slice still serves); a slice whose every address is bad is rejected.
+pub fn slice_info(slice: &EndpointSlice) -> Result<SliceInfo, Rejection> {
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .filter(|s| is_valid_label(s))
+        .ok_or(Rejection::NoServiceLabel)?
+        .clone();
+    let address_family = slice.address_type.as_str();
+    let mut bad_addresses = 0usize;
+    let mut endpoints = Vec::with_capacity(slice.endpoints.len());
+    if address_family == "IPv4" || address_family == "IPv6" {
+        for endpoint in &slice.endpoints {
+            let mut addresses = Vec::with_capacity(endpoint.addresses.len());
+            for address in &endpoint.addresses {
+                match address.parse::<IpAddr>() {
+                    Ok(ip) => addresses.push(ip),
+                    Err(_) => bad_addresses += 1,
+                }
+            }
+            if addresses.is_empty() {
+                continue;
+            }
+            endpoints.push(EndpointInfo {
+                addresses,
+                hostname: endpoint.hostname.clone().filter(|h| is_valid_label(h)),
+                ready: endpoint
+                    .conditions
+                    .as_ref()
+                    .and_then(|c| c.ready)
+                    .unwrap_or(true),
+            });
+        }
+    }
+    if endpoints.is_empty() && bad_addresses > 0 {
+        return Err(Rejection::InvalidAddress);
+    }
+    let ports = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(PortInfo {
+                name: p.name.clone().filter(|n| is_valid_label(n)),
+                protocol: protocol_label(p.protocol.as_deref()),
+                port: port_number(p.port?)?,
+            })
+        })
+        .collect();
+    Ok(SliceInfo {
+        service,
+        endpoints,
+        ports,
+    })
+}
+
+/// Reduce a Pod to its addresses.
+pub fn pod_info(pod: &Pod) -> PodInfo {
+    let status = pod.status.as_ref();
+    let mut ips: Vec<IpAddr> = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.ip.parse().ok())
+        .collect();
+    if let Some(ip) = status
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse().ok())
+        && !ips.contains(&ip)
+    {
+        ips.push(ip);
+    }
+    PodInfo { ips }
+}
+
+/// Every record one Service owns, by owner name (lower case, fully qualified).
+pub type RecordsByName = BTreeMap<Name, Vec<Record>>;
+
+/// Where the records of one Service live: `<svc>.<ns>.svc.<zone>`.
+pub fn service_name(service: &str, namespace: &str, origin: &Name) -> Option<Name> {
+    if !is_valid_label(service) || !is_valid_label(namespace) {
+        return None;
+    }
+    Name::from_ascii(service)
+        .ok()?
+        .append_name(&Name::from_ascii(namespace).ok()?)
+        .ok()?
+        .append_name(&Name::from_ascii("svc").ok()?)
+        .ok()?
+        .append_name(origin)
+        .ok()
+        .map(|n| n.to_lowercase())
+}
+
+/// The A or AAAA data of an address.
+pub fn address_rdata(ip: IpAddr) -> RData {
+    match ip {
+        IpAddr::V4(v4) => RData::A(A(v4)),
+        IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+    }
+}
+
+/// SRV weight as CoreDNS computes it: the 100 points of a priority shared evenly by the
+/// records of that priority, at least 1 (coredns plugin/backend_lookup.go, SRVRecords).
+pub fn srv_weight(records_in_set: usize) -> u16 {
+    let n = records_in_set.max(1) as f64;
+    ((100.0 / (100.0 * n)) * 100.0).floor().max(1.0) as u16
+}
+
+/// Collects records per name, de-duplicated, and builds SRV sets with their weights at the end.
+struct Builder {
+    ttl: u32,
+    records: BTreeMap<Name, Vec<RData>>,
+    srv: BTreeMap<Name, BTreeSet<(u16, Name)>>,
+}
+
+impl Builder {
+    fn new(ttl: u32) -> Builder {
+        Builder {
+            ttl,
+            records: BTreeMap::new(),
+            srv: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, name: &Name, data: RData) {
+        let set = self.records.entry(name.clone()).or_default();
+        if !set.contains(&data) {
+            set.push(data);
+        }
+    }
+
+    fn add_srv(&mut self, name: &Name, port: u16, target: &Name) {
+        self.srv
+            .entry(name.clone())
+            .or_default()
+            .insert((port, target.clone()));
+    }
+
+    /// `_<port>._<proto>.<owner>` for a named port, and the bare owner for every port.
+    fn add_port(&mut self, owner: &Name, port: &PortInfo, target: &Name) {
+        self.add_srv(owner, port.port, target);
+        if let Some(port_name) = &port.name
+            && let Ok(name) = Name::from_labels([
+                format!("_{port_name}").as_bytes(),
+                format!("_{}", port.protocol).as_bytes(),
+            ])
+            .and_then(|prefix| prefix.append_name(owner))
+        {
+            self.add_srv(&name.to_lowercase(), port.port, target);
+        }
+    }
+
+    fn finish(mut self) -> RecordsByName {
+        for (name, set) in std::mem::take(&mut self.srv) {
+            let weight = srv_weight(set.len());
+            for (port, target) in set {
+                self.add(&name, RData::SRV(SRV::new(0, weight, port, target)));
+            }
+        }
+        let ttl = self.ttl;
+        self.records
+            .into_iter()
+            .map(|(name, data)| {
+                let records = data
+                    .into_iter()
+                    .map(|d| Record::from_rdata(name.clone(), ttl, d))
+                    .collect();
+                (name, records)
+            })
+            .collect()
+    }
+}
+
+/// Every record of one Service, given its EndpointSlices (specification sections 2.3 - 2.5).
+///
+/// - ClusterIP: A/AAAA per ClusterIP at the service name, SRV per named port pointing at the
+///   service name, PTR per ClusterIP (2.3).
+/// - Headless: A/AAAA per ready endpoint (all endpoints with `publishNotReadyAddresses`),
+///   `<hostname-or-dashed-ip>.<svc>` per endpoint, SRV per named endpoint port per endpoint,
+///   PTR per endpoint address (2.4). No ready endpoint: no records, so the name is NXDOMAIN.
+/// - ExternalName: a CNAME (2.5).
+pub fn service_records<'a>(
+    info: &ServiceInfo,
+    slices: impl IntoIterator<Item = &'a SliceInfo>,
+    service_name: &Name,
+    ttl: u32,
+) -> RecordsByName {
+    let mut b = Builder::new(ttl);
+    match &info.shape {
+        ServiceShape::Unaddressed => {}
+        ServiceShape::ExternalName(target) => {
+            b.add(service_name, RData::CNAME(CNAME(target.clone())));
+        }
+        ServiceShape::ClusterIp(ips) => {
+            for ip in ips {
+                b.add(service_name, address_rdata(*ip));
+                b.add(&reverse_name(*ip), RData::PTR(PTR(service_name.clone())));
+            }
+            for port in &info.ports {
+                b.add_port(service_name, port, service_name);
+            }
+        }
+        ServiceShape::Headless => {
+            for slice in slices {
+                for endpoint in &slice.endpoints {
+                    if !(endpoint.ready || info.publish_not_ready) {
+                        continue;
+                    }
+                    for ip in &endpoint.addresses {
+                        let label = endpoint.hostname.clone().unwrap_or_else(|| dashed_ip(*ip));
+                        let Ok(endpoint_name) = Name::from_labels([label.as_bytes()])
+                            .and_then(|l| l.append_name(service_name))
+                            .map(|n| n.to_lowercase())
+                        else {
+                            continue;
+                        };
+                        b.add(service_name, address_rdata(*ip));
+                        b.add(&endpoint_name, address_rdata(*ip));
+                        b.add(&reverse_name(*ip), RData::PTR(PTR(endpoint_name.clone())));
+                        for port in &slice.ports {
+                            b.add_port(service_name, port, &endpoint_name);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    b.finish()
+}

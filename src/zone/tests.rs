@@ -1,0 +1,678 @@
+//! Zone behaviour as tables of (question, expected answer), without sockets.
+
+use super::*;
+use crate::source::ClusterObject;
+use serde_json::json;
+
+fn zone(pods: PodMode) -> Zone {
+    let zone = Zone::new(
+        ZoneConfig {
+            origin: Name::from_ascii("cluster.local.").unwrap(),
+            ttl: 5,
+            pods,
+        },
+        Arc::new(Metrics::new()),
+    );
+    zone.apply(SourceEvent::InitialSyncDone);
+    zone
+}
+
+fn service(ns: &str, name: &str, spec: serde_json::Value) -> SourceEvent {
+    SourceEvent::Apply(ClusterObject::Service(Box::new(
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns},
+            "spec": spec,
+        }))
+        .unwrap(),
+    )))
+}
+
+fn slice(ns: &str, name: &str, svc: &str, body: serde_json::Value) -> SourceEvent {
+    let mut value = json!({
+        "metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": "IPv4",
+        "endpoints": [],
+    });
+    if let (Some(v), Some(b)) = (value.as_object_mut(), body.as_object()) {
+        for (k, x) in b {
+            v.insert(k.clone(), x.clone());
+        }
+    }
+    SourceEvent::Apply(ClusterObject::EndpointSlice(Box::new(
+        serde_json::from_value(value).unwrap(),
+    )))
+}
+
+fn pod(ns: &str, name: &str, ip: &str) -> SourceEvent {
+    SourceEvent::Apply(ClusterObject::Pod(Box::new(
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns},
+            "status": {"podIP": ip, "podIPs": [{"ip": ip}]},
+        }))
+        .unwrap(),
+    )))
+}
+
+fn key(kind: ObjectKind, ns: &str, name: &str) -> ObjectKey {
+    ObjectKey {
+        kind,
+        namespace: ns.into(),
+        name: name.into(),
+    }
+}
+
+fn n(text: &str) -> Name {
+    Name::from_ascii(text).unwrap()
+}
+
+/// The answer as (rcode, sorted rdata texts, authority types).
+fn ask(
+    zone: &Zone,
+    qname: &str,
+    qtype: RecordType,
+) -> (ResponseCode, Vec<String>, Vec<RecordType>) {
+    match zone.lookup(&n(qname), qtype) {
+        Lookup::Answer(a) => {
+            let mut data: Vec<String> = a.answers.iter().map(|r| r.data.to_string()).collect();
+            data.sort();
+            (
+                a.rcode,
+                data,
+                a.authorities.iter().map(|r| r.record_type()).collect(),
+            )
+        }
+        other => panic!("{qname} {qtype}: expected an answer, got {other:?}"),
+    }
+}
+
+fn demo(zone: &Zone) {
+    zone.apply(service(
+        "default",
+        "api",
+        json!({"clusterIP": "192.0.2.1", "clusterIPs": ["192.0.2.1", "2001:db8::1"],
+               "ports": [{"name": "http", "port": 80, "protocol": "TCP"},
+                         {"name": "dns", "port": 53, "protocol": "UDP"},
+                         {"port": 9000}]}),
+    ));
+    zone.apply(service(
+        "default",
+        "web",
+        json!({"clusterIP": "None", "ports": [{"name": "http", "port": 80}]}),
+    ));
+    zone.apply(slice(
+        "default",
+        "web-abc",
+        "web",
+        json!({"endpoints": [
+            {"addresses": ["192.0.2.10"], "hostname": "web-0", "conditions": {"ready": true}},
+            {"addresses": ["192.0.2.11"], "hostname": "web-1"},
+            {"addresses": ["192.0.2.12"], "conditions": {"ready": true}},
+            {"addresses": ["192.0.2.13"], "hostname": "web-3", "conditions": {"ready": false}},
+        ], "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}),
+    ));
+    zone.apply(service(
+        "default",
+        "ext",
+        json!({"type": "ExternalName", "externalName": "www.example.org"}),
+    ));
+}
+
+/// (question, type, expected rcode, expected answer data, expected authority types)
+type TableRow = (
+    &'static str,
+    RecordType,
+    ResponseCode,
+    Vec<&'static str>,
+    Vec<RecordType>,
+);
+
+const NOERROR: ResponseCode = ResponseCode::NoError;
+const NXDOMAIN: ResponseCode = ResponseCode::NXDomain;
+
+#[test]
+fn answers_follow_the_specification_table() {
+    let zone = zone(PodMode::Disabled);
+    demo(&zone);
+    let soa = vec![RecordType::SOA];
+    let rows: Vec<TableRow> = vec![
+        (
+            "api.default.svc.cluster.local.",
+            RecordType::A,
+            NOERROR,
+            vec!["192.0.2.1"],
+            vec![],
+        ),
+        (
+            "API.Default.SVC.cluster.local.",
+            RecordType::AAAA,
+            NOERROR,
+            vec!["2001:db8::1"],
+            vec![],
+        ),
+        (
+            "_http._tcp.api.default.svc.cluster.local.",
+            RecordType::SRV,
+            NOERROR,
+            vec!["0 100 80 api.default.svc.cluster.local."],
+            vec![],
+        ),
+        (
+            "_dns._udp.api.default.svc.cluster.local.",
+            RecordType::SRV,
+            NOERROR,
+            vec!["0 100 53 api.default.svc.cluster.local."],
+            vec![],
+        ),
+        (
+            "api.default.svc.cluster.local.",
+            RecordType::SRV,
+            NOERROR,
+            vec![
+                "0 33 53 api.default.svc.cluster.local.",
+                "0 33 80 api.default.svc.cluster.local.",
+                "0 33 9000 api.default.svc.cluster.local.",
+            ],
+            vec![],
+        ),
+        (
+            "_tcp.api.default.svc.cluster.local.",
+            RecordType::SRV,
+            NOERROR,
+            vec![],
+            soa.clone(),
+        ),
+        (
+            "_http._udp.api.default.svc.cluster.local.",
+            RecordType::SRV,
+            NXDOMAIN,
+            vec![],
+            soa.clone(),
+        ),
+        (
+            "1.2.0.192.in-addr.arpa.",
+            RecordType::PTR,
+            NOERROR,
+            vec!["api.default.svc.cluster.local."],
+            vec![],
+        ),
+        (
+            "web.default.svc.cluster.local.",
+            RecordType::A,
+            NOERROR,
+            vec!["192.0.2.10", "192.0.2.11", "192.0.2.12"],
+            vec![],
+        ),
+        (
+            "web-0.web.default.svc.cluster.local.",
+            RecordType::A,
+            NOERROR,
+            vec!["192.0.2.10"],
+            vec![],
+        ),
+        (
+            "192-0-2-12.web.default.svc.cluster.local.",
+            RecordType::A,
+            NOERROR,
+            vec!["192.0.2.12"],
+            vec![],
+        ),
+        (
+            "web-3.web.default.svc.cluster.local.",
+            RecordType::A,
+            NXDOMAIN,
+            vec![],
+            soa.clone(),
+        ),
+        (
+            "_http._tcp.web.default.svc.cluster.local.",
+            RecordType::SRV,
+            NOERROR,
+            vec![
+                "0 33 8080 192-0-2-12.web.default.svc.cluster.local.",
+                "0 33 8080 web-0.web.default.svc.cluster.local.",
+                "0 33 8080 web-1.web.default.svc.cluster.local.",
+            ],
+            vec![],
+        ),
+        (
+            "10.2.0.192.in-addr.arpa.",
+            RecordType::PTR,
+            NOERROR,
+            vec!["web-0.web.default.svc.cluster.local."],
+            vec![],
+        ),
+        (
+            "ext.default.svc.cluster.local.",
+            RecordType::CNAME,
+            NOERROR,
+            vec!["www.example.org."],
+            vec![],
+        ),
+        (
+            "dns-version.cluster.local.",
+            RecordType::TXT,
+            NOERROR,
+            vec!["1.1.0"],
+            vec![],
+        ),
+        (
+            "cluster.local.",
+            RecordType::NS,
+            NOERROR,
+            vec!["ns.dns.cluster.local."],
+            vec![],
+        ),
+        (
+            "cluster.local.",
+            RecordType::A,
+            NOERROR,
+            vec![],
+            soa.clone(),
+        ),
+        (
+            "svc.cluster.local.",
+            RecordType::A,
+            NOERROR,
+            vec![],
+            soa.clone(),
+        ),
+        (
+            "pod.cluster.local.",
+            RecordType::A,
+            NOERROR,
+            vec![],
+            soa.clone(),
+        ),
+        (
+            "default.svc.cluster.local.",
+            RecordType::A,
+            NOERROR,
+            vec![],
+            soa.clone(),
+        ),
+        (
+            "api.default.svc.cluster.local.",
+            RecordType::TXT,
+            NOERROR,
+            vec![],
+            soa.clone(),
+        ),
+        (
+            "nope.svc.cluster.local.",
+            RecordType::A,
+            NXDOMAIN,
+            vec![],
+            soa.clone(),
+        ),
+        (
+            "missing.default.svc.cluster.local.",
+            RecordType::A,
+            NXDOMAIN,
+            vec![],
+            soa.clone(),
+        ),
+        (
+            "*.default.svc.cluster.local.",
+            RecordType::A,
+            NXDOMAIN,
+            vec![],
+            soa.clone(),
+        ),
+        (
+            "any.default.svc.cluster.local.",
+            RecordType::A,
+            NXDOMAIN,
+            vec![],
+            soa.clone(),
+        ),
+        (
+            "1-2-3-4.default.pod.cluster.local.",
+            RecordType::A,
+            NXDOMAIN,
+            vec![],
+            soa.clone(),
+        ),
+    ];
+    for (qname, qtype, rcode, data, authority) in rows {
+        let got = ask(&zone, qname, qtype);
+        let expected = (
+            rcode,
+            data.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            authority,
+        );
+        assert_eq!(got, expected, "{qname} {qtype}");
+    }
+}
+
+#[test]
+fn answer_owner_names_echo_the_question_case() {
+    let zone = zone(PodMode::Disabled);
+    demo(&zone);
+    let Lookup::Answer(a) = zone.lookup(&n("Api.DEFAULT.svc.Cluster.Local."), RecordType::A) else {
+        panic!("expected an answer")
+    };
+    assert!(
+        a.answers[0]
+            .name
+            .eq_case(&n("Api.DEFAULT.svc.Cluster.Local."))
+    );
+}
+
+#[test]
+fn srv_answers_carry_target_addresses_in_additional() {
+    let zone = zone(PodMode::Disabled);
+    demo(&zone);
+    let Lookup::Answer(a) = zone.lookup(
+        &n("_http._tcp.web.default.svc.cluster.local."),
+        RecordType::SRV,
+    ) else {
+        panic!("expected an answer")
+    };
+    let mut additional: Vec<String> = a
+        .additionals
+        .iter()
+        .map(|r| format!("{} {}", r.name, r.data))
+        .collect();
+    additional.sort();
+    assert_eq!(
+        additional,
+        vec![
+            "192-0-2-12.web.default.svc.cluster.local. 192.0.2.12",
+            "web-0.web.default.svc.cluster.local. 192.0.2.10",
+            "web-1.web.default.svc.cluster.local. 192.0.2.11",
+        ]
+    );
+}
+
+#[test]
+fn an_external_name_leaves_the_zone_at_its_target() {
+    let zone = zone(PodMode::Disabled);
+    demo(&zone);
+    let Lookup::Answer(a) = zone.lookup(&n("ext.default.svc.cluster.local."), RecordType::A) else {
+        panic!("expected an answer")
+    };
+    assert_eq!(a.external_target, Some(n("www.example.org.")));
+    assert_eq!(a.answers.len(), 1);
+    assert_eq!(a.answers[0].record_type(), RecordType::CNAME);
+}
+
+#[test]
+fn an_external_name_inside_the_zone_is_followed_inside() {
+    let zone = zone(PodMode::Disabled);
+    demo(&zone);
+    zone.apply(service(
+        "default",
+        "alias",
+        json!({"type": "ExternalName", "externalName": "api.default.svc.cluster.local"}),
+    ));
+    let (rcode, data, _) = ask(&zone, "alias.default.svc.cluster.local.", RecordType::A);
+    assert_eq!(rcode, NOERROR);
+    assert_eq!(data, vec!["192.0.2.1", "api.default.svc.cluster.local."]);
+}
+
+#[test]
+fn headless_publish_not_ready_and_no_ready_endpoints() {
+    let zone = zone(PodMode::Disabled);
+    zone.apply(service(
+        "ns1",
+        "all",
+        json!({"clusterIP": "None", "publishNotReadyAddresses": true}),
+    ));
+    zone.apply(slice(
+        "ns1",
+        "all-1",
+        "all",
+        json!({"endpoints": [
+        {"addresses": ["192.0.2.20"], "conditions": {"ready": false}}]}),
+    ));
+    zone.apply(service("ns1", "none", json!({"clusterIP": "None"})));
+    zone.apply(slice(
+        "ns1",
+        "none-1",
+        "none",
+        json!({"endpoints": [
+        {"addresses": ["192.0.2.21"], "conditions": {"ready": false}}]}),
+    ));
+    assert_eq!(
+        ask(&zone, "all.ns1.svc.cluster.local.", RecordType::A).1,
+        vec!["192.0.2.20"]
+    );
+    assert_eq!(
+        ask(&zone, "none.ns1.svc.cluster.local.", RecordType::A).0,
+        NXDOMAIN
+    );
+    assert_eq!(
+        ask(&zone, "ns1.svc.cluster.local.", RecordType::A).0,
+        NOERROR
+    );
+}
+
+#[test]
+fn deleting_everything_leaves_only_the_static_names() {
+    let zone = zone(PodMode::Verified);
+    let baseline = zone.name_count();
+    demo(&zone);
+    zone.apply(pod("default", "p", "192.0.2.50"));
+    zone.apply(SourceEvent::Apply(ClusterObject::Namespace(Box::new(
+        serde_json::from_value(json!({"metadata": {"name": "empty"}})).unwrap(),
+    ))));
+    assert!(zone.name_count() > baseline);
+    for name in ["api", "web", "ext"] {
+        zone.apply(SourceEvent::Delete(key(
+            ObjectKind::Service,
+            "default",
+            name,
+        )));
+    }
+    zone.apply(SourceEvent::Delete(key(
+        ObjectKind::EndpointSlice,
+        "default",
+        "web-abc",
+    )));
+    zone.apply(SourceEvent::Delete(key(ObjectKind::Pod, "default", "p")));
+    zone.apply(SourceEvent::Delete(key(ObjectKind::Namespace, "", "empty")));
+    assert_eq!(zone.name_count(), baseline);
+    assert_eq!(
+        ask(&zone, "default.svc.cluster.local.", RecordType::A).0,
+        NXDOMAIN
+    );
+    assert!(matches!(
+        zone.lookup(&n("1.2.0.192.in-addr.arpa."), RecordType::PTR),
+        Lookup::NotOurs
+    ));
+}
+
+#[test]
+fn a_slice_that_arrives_before_its_service_is_used_when_the_service_comes() {
+    let zone = zone(PodMode::Disabled);
+    zone.apply(slice(
+        "default",
+        "s-1",
+        "late",
+        json!({"endpoints": [{"addresses": ["192.0.2.30"]}]}),
+    ));
+    assert_eq!(
+        ask(&zone, "late.default.svc.cluster.local.", RecordType::A).0,
+        NXDOMAIN
+    );
+    zone.apply(service("default", "late", json!({"clusterIP": "None"})));
+    assert_eq!(
+        ask(&zone, "late.default.svc.cluster.local.", RecordType::A).1,
+        vec!["192.0.2.30"]
+    );
+}
+
+#[test]
+fn a_slice_relabelled_to_another_service_moves_its_records() {
+    let zone = zone(PodMode::Disabled);
+    zone.apply(service("default", "a", json!({"clusterIP": "None"})));
+    zone.apply(service("default", "b", json!({"clusterIP": "None"})));
+    zone.apply(slice(
+        "default",
+        "s",
+        "a",
+        json!({"endpoints": [{"addresses": ["192.0.2.40"]}]}),
+    ));
+    assert_eq!(
+        ask(&zone, "a.default.svc.cluster.local.", RecordType::A).1,
+        vec!["192.0.2.40"]
+    );
+    zone.apply(slice(
+        "default",
+        "s",
+        "b",
+        json!({"endpoints": [{"addresses": ["192.0.2.40"]}]}),
+    ));
+    assert_eq!(
+        ask(&zone, "a.default.svc.cluster.local.", RecordType::A).0,
+        NXDOMAIN
+    );
+    assert_eq!(
+        ask(&zone, "b.default.svc.cluster.local.", RecordType::A).1,
+        vec!["192.0.2.40"]
+    );
+}
+
+#[test]
+fn pod_records_follow_the_pods_mode() {
+    let verified = zone(PodMode::Verified);
+    verified.apply(pod("default", "p", "192.0.2.50"));
+    verified.apply(pod("default", "p6", "2001:db8::50"));
+    assert_eq!(
+        ask(
+            &verified,
+            "192-0-2-50.default.pod.cluster.local.",
+            RecordType::A
+        )
+        .1,
+        vec!["192.0.2.50"]
+    );
+    assert_eq!(
+        ask(
+            &verified,
+            "2001-db8--50.default.pod.cluster.local.",
+            RecordType::AAAA
+        )
+        .1,
+        vec!["2001:db8::50"]
+    );
+    assert_eq!(
+        ask(
+            &verified,
+            "192-0-2-51.default.pod.cluster.local.",
+            RecordType::A
+        )
+        .0,
+        NXDOMAIN
+    );
+    assert_eq!(
+        ask(
+            &verified,
+            "192-0-2-50.other.pod.cluster.local.",
+            RecordType::A
+        )
+        .0,
+        NXDOMAIN
+    );
+    assert_eq!(
+        ask(
+            &verified,
+            "192-0-2-50.default.pod.cluster.local.",
+            RecordType::AAAA
+        ),
+        (NOERROR, vec![], vec![RecordType::SOA])
+    );
+
+    let insecure = zone(PodMode::Insecure);
+    insecure.apply(service("default", "api", json!({"clusterIP": "192.0.2.1"})));
+    assert_eq!(
+        ask(
+            &insecure,
+            "192-0-2-99.default.pod.cluster.local.",
+            RecordType::A
+        )
+        .1,
+        vec!["192.0.2.99"]
+    );
+    assert_eq!(
+        ask(
+            &insecure,
+            "192-0-2-99.nosuchns.pod.cluster.local.",
+            RecordType::A
+        )
+        .0,
+        NXDOMAIN
+    );
+    assert_eq!(
+        ask(
+            &insecure,
+            "not-an-ip.default.pod.cluster.local.",
+            RecordType::A
+        )
+        .0,
+        NXDOMAIN
+    );
+    assert_eq!(
+        ask(&insecure, "default.pod.cluster.local.", RecordType::A).0,
+        NOERROR
+    );
+}
+
+#[test]
+fn before_the_initial_sync_a_missing_name_is_not_an_nxdomain() {
+    let zone = Zone::new(
+        ZoneConfig {
+            origin: n("cluster.local."),
+            ttl: 5,
+            pods: PodMode::Disabled,
+        },
+        Arc::new(Metrics::new()),
+    );
+    assert!(matches!(
+        zone.lookup(&n("x.default.svc.cluster.local."), RecordType::A),
+        Lookup::NotSynced
+    ));
+    assert!(matches!(
+        zone.lookup(&n("www.example.org."), RecordType::A),
+        Lookup::NotOurs
+    ));
+    assert!(matches!(
+        zone.lookup(&n("cluster.local."), RecordType::AXFR),
+        Lookup::Refused
+    ));
+}
+
+#[test]
+fn a_bad_object_is_skipped_and_counted() {
+    let zone = zone(PodMode::Disabled);
+    zone.apply(service("default", "bad", json!({"clusterIP": "not-an-ip"})));
+    zone.apply(service(
+        "default",
+        "good",
+        json!({"clusterIP": "192.0.2.7"}),
+    ));
+    assert_eq!(
+        ask(&zone, "bad.default.svc.cluster.local.", RecordType::A).0,
+        NXDOMAIN
+    );
+    assert_eq!(
+        ask(&zone, "good.default.svc.cluster.local.", RecordType::A).1,
+        vec!["192.0.2.7"]
+    );
+    assert_eq!(
+        zone.metrics
+            .objects_rejected
+            .with_label_values(&["Service", "invalid_address"])
+            .get(),
+        1
+    );
+}
+
+#[test]
+fn srv_weights_share_100_as_coredns_does() {
+    assert_eq!(records::srv_weight(1), 100);
+    assert_eq!(records::srv_weight(2), 50);
+    assert_eq!(records::srv_weight(3), 33);
+    assert_eq!(records::srv_weight(100), 1);
+    assert_eq!(records::srv_weight(1000), 1);
+}
