@@ -1,0 +1,440 @@
+//! Shared harness of the integration tests: runs the real `clusterdns` binary on loopback
+//! (every listener on port 0), talks to it over real UDP and TCP sockets, starts fake
+//! upstream resolvers, and reads its metrics.
+//!
+//! Everything here is bounded in time: a server that does not answer fails the test after a
+//! few seconds instead of hanging it.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+/// How long any single exchange with the server may take before the test fails.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The fixture cluster every test serves (see tests/fixtures/cluster/README.md).
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cluster")
+}
+
+/// A copy of the fixture cluster in a temporary directory, for tests that edit manifests.
+pub fn fixtures_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("create temp dir");
+    for entry in std::fs::read_dir(fixtures()).expect("read fixtures") {
+        let entry = entry.expect("fixture entry");
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).expect("copy fixture");
+    }
+    dir
+}
+
+/// A running `clusterdns serve`, killed when dropped.
+pub struct Server {
+    child: Child,
+    /// The DNS address (UDP and TCP).
+    pub dns: SocketAddr,
+    /// `/metrics` listener.
+    pub metrics: SocketAddr,
+    /// `/health` listener.
+    pub health: SocketAddr,
+    /// `/ready` listener.
+    pub ready: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Serves the fixture cluster, forwarding to `upstream` (a closed port when `None`, so
+    /// nothing ever reaches a real resolver).
+    pub fn fixtures(upstream: Option<SocketAddr>) -> Server {
+        Server::manifests(&fixtures(), upstream, &[])
+    }
+
+    /// Serves `dir` with extra command-line arguments.
+    pub fn manifests(dir: &Path, upstream: Option<SocketAddr>, extra: &[&str]) -> Server {
+        let upstream = upstream.unwrap_or_else(closed_port).to_string();
+        let dir = dir.to_string_lossy().into_owned();
+        let mut args = vec!["--manifests", &dir, "--upstream", &upstream];
+        args.extend_from_slice(extra);
+        Server::start(&args)
+    }
+
+    /// `clusterdns serve <args>` with every listener on 127.0.0.1:0 unless `args` sets it.
+    pub fn start(args: &[&str]) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_clusterdns"));
+        command.arg("serve");
+        for (flag, default) in [
+            ("--listen", "127.0.0.1:0"),
+            ("--metrics-listen", "127.0.0.1:0"),
+            ("--health-listen", "127.0.0.1:0"),
+            ("--ready-listen", "127.0.0.1:0"),
+        ] {
+            if !args.contains(&flag) {
+                command.args([flag, default]);
+            }
+        }
+        command
+            .args(args)
+            .env("RUST_LOG", "clusterdns=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start clusterdns");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        if let Some(pipe) = child.stderr.take() {
+            let stderr = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if let Ok(mut log) = stderr.lock() {
+                        log.push_str(&line);
+                        log.push('\n');
+                    }
+                }
+            });
+        }
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut listening = std::collections::HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while listening.len() < 4 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let mut words = line.split_whitespace();
+                    if let (Some("listening"), Some(kind), Some(addr)) =
+                        (words.next(), words.next(), words.next())
+                    {
+                        let addr: SocketAddr = addr.parse().expect("announced address");
+                        listening.insert(kind.to_string(), addr);
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let log = stderr.lock().map(|s| s.clone()).unwrap_or_default();
+                    panic!("clusterdns did not announce its listeners; stderr:\n{log}");
+                }
+            }
+        }
+        let addr = |kind: &str| listening[kind];
+        Server {
+            dns: addr("dns"),
+            metrics: addr("metrics"),
+            health: addr("health"),
+            ready: addr("ready"),
+            child,
+            stderr,
+        }
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Asks over UDP and returns the parsed answer (panics on timeout).
+    pub fn udp(&self, query: &Message) -> Message {
+        let bytes = self
+            .udp_raw(&query.to_vec().expect("encode query"))
+            .expect("an answer over UDP");
+        parse_answer(query, &bytes)
+    }
+
+    /// Sends raw bytes over UDP; the raw answer, or `None` after `wait`.
+    pub fn udp_raw_wait(&self, packet: &[u8], wait: Duration) -> Option<Vec<u8>> {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind client");
+        socket.set_read_timeout(Some(wait)).expect("timeout");
+        socket.send_to(packet, self.dns).expect("send");
+        let mut buf = vec![0u8; 65535];
+        match socket.recv(&mut buf) {
+            Ok(len) => Some(buf[..len].to_vec()),
+            Err(_) => None,
+        }
+    }
+
+    /// Sends raw bytes over UDP; the raw answer, or `None` after [`IO_TIMEOUT`].
+    pub fn udp_raw(&self, packet: &[u8]) -> Option<Vec<u8>> {
+        self.udp_raw_wait(packet, IO_TIMEOUT)
+    }
+
+    /// Asks over a fresh TCP connection.
+    pub fn tcp(&self, query: &Message) -> Message {
+        let mut stream = self.tcp_connect();
+        write_framed(&mut stream, &query.to_vec().expect("encode query"));
+        let bytes = read_framed(&mut stream).expect("an answer over TCP");
+        parse_answer(query, &bytes)
+    }
+
+    /// A TCP connection to the DNS port with I/O timeouts set.
+    pub fn tcp_connect(&self) -> TcpStream {
+        let stream = TcpStream::connect_timeout(&self.dns, IO_TIMEOUT).expect("connect TCP");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        stream.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        stream
+    }
+
+    /// Asks over UDP and over TCP, checks both answers are the same, returns the UDP one.
+    pub fn both(&self, query: &Message) -> Message {
+        let udp = self.udp(query);
+        let tcp = self.tcp(query);
+        assert_eq!(udp.metadata.response_code, tcp.metadata.response_code, "rcode UDP vs TCP");
+        assert_eq!(sorted(&udp.answers), sorted(&tcp.answers), "answers UDP vs TCP");
+        assert_eq!(udp.authorities, tcp.authorities, "authority UDP vs TCP");
+        udp
+    }
+
+    /// The text of `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        let (status, body) = http_get(self.metrics, "/metrics");
+        assert_eq!(status, 200, "/metrics status");
+        body
+    }
+
+    /// The value of one sample of `/metrics` (0 when absent). `labels` is the exact label
+    /// set as Prometheus prints it, e.g. `proto="udp"`, or "" for none.
+    pub fn metric(&self, name: &str, labels: &str) -> f64 {
+        metric_value(&self.metrics_text(), name, labels)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One sample of a Prometheus text exposition (0 when absent).
+pub fn metric_value(text: &str, name: &str, labels: &str) -> f64 {
+    let wanted = if labels.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(series, _)| *series == wanted)
+        .map(|(_, value)| value.parse().expect("numeric sample"))
+        .unwrap_or(0.0)
+}
+
+/// A GET over a plain HTTP/1.1 connection: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect HTTP");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read HTTP response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("HTTP status");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Polls `check` every 20 ms until it holds or `within` passes; true if it held.
+pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A query with RD set and a random id.
+pub fn query(name: &str, qtype: RecordType) -> Message {
+    let mut message = Message::query();
+    message.metadata.id = rand::random();
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(Name::from_str(name).expect("valid name"), qtype));
+    message
+}
+
+/// A query with an EDNS OPT advertising `payload` bytes.
+pub fn query_edns(name: &str, qtype: RecordType, payload: u16) -> Message {
+    let mut message = query(name, qtype);
+    let mut edns = Edns::new();
+    edns.set_max_payload(payload);
+    message.edns = Some(edns);
+    message
+}
+
+/// Parses an answer and checks it belongs to `query` (id, QR, opcode, question echoed
+/// byte for byte, including the case of the name).
+pub fn parse_answer(query: &Message, bytes: &[u8]) -> Message {
+    let answer = Message::from_vec(bytes).expect("the answer parses");
+    assert_eq!(answer.metadata.id, query.metadata.id, "id echoed");
+    assert_eq!(answer.metadata.message_type, MessageType::Response, "QR set");
+    assert_eq!(answer.metadata.op_code, OpCode::Query);
+    assert_eq!(answer.queries.len(), query.queries.len(), "question echoed");
+    for (a, q) in answer.queries.iter().zip(&query.queries) {
+        assert!(a.name().eq_case(q.name()), "question case echoed: {} vs {}", a.name(), q.name());
+        assert_eq!(a.query_type(), q.query_type());
+    }
+    assert_eq!(
+        answer.metadata.recursion_desired, query.metadata.recursion_desired,
+        "RD echoed"
+    );
+    answer
+}
+
+/// Writes one length-prefixed DNS message.
+pub fn write_framed(stream: &mut TcpStream, bytes: &[u8]) {
+    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(bytes);
+    stream.write_all(&framed).expect("write TCP");
+}
+
+/// Reads one length-prefixed DNS message; `None` when the server closed the connection.
+pub fn read_framed(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).ok()?;
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut buf).ok()?;
+    Some(buf)
+}
+
+/// Records as comparable strings, sorted (answer order rotates between queries).
+pub fn sorted(records: &[Record]) -> Vec<String> {
+    let mut out: Vec<String> = records.iter().map(|r| r.to_string()).collect();
+    out.sort();
+    out
+}
+
+/// The rdata of `records` of type `rtype` as text, sorted.
+pub fn rdata(records: &[Record], rtype: RecordType) -> Vec<String> {
+    let mut out: Vec<String> = records
+        .iter()
+        .filter(|r| r.record_type() == rtype)
+        .map(|r| r.data.to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+/// A loopback UDP/TCP port with nothing listening (the kernel refuses at once).
+pub fn closed_port() -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.local_addr().expect("local addr")
+}
+
+/// How a [`FakeUpstream`] reacts to a query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamMode {
+    /// Answer every A query with 203.0.113.53 (TTL 300), every other type NOERROR/empty;
+    /// names under `nx.example.org.` get NXDOMAIN.
+    Answer,
+    /// Receive and never answer.
+    Silent,
+}
+
+/// A resolver the test runs itself on 127.0.0.1 (UDP and TCP on the same port).
+pub struct FakeUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Queries received (UDP and TCP).
+    pub received: Arc<AtomicUsize>,
+    /// The last question received, as `name type`.
+    pub last_question: Arc<Mutex<Option<String>>>,
+}
+
+/// The address every fake upstream answers A queries with.
+pub const UPSTREAM_A: [u8; 4] = [203, 0, 113, 53];
+
+impl FakeUpstream {
+    /// Starts one; its threads live until the test process ends.
+    pub fn start(mode: UpstreamMode) -> FakeUpstream {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind fake upstream");
+        let addr = udp.local_addr().expect("addr");
+        let tcp = std::net::TcpListener::bind(addr).expect("bind fake upstream TCP");
+        let received = Arc::new(AtomicUsize::new(0));
+        let last_question = Arc::new(Mutex::new(None));
+        let state = (received.clone(), last_question.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok((len, peer)) = udp.recv_from(&mut buf) {
+                if let Some(answer) = upstream_answer(mode, &buf[..len], &state) {
+                    let _ = udp.send_to(&answer, peer);
+                }
+            }
+        });
+        let state = (received.clone(), last_question.clone());
+        std::thread::spawn(move || {
+            for stream in tcp.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let state = state.clone();
+                std::thread::spawn(move || {
+                    while let Some(request) = read_framed(&mut stream) {
+                        if let Some(answer) = upstream_answer(mode, &request, &state) {
+                            write_framed(&mut stream, &answer);
+                        }
+                    }
+                });
+            }
+        });
+        FakeUpstream {
+            addr,
+            received,
+            last_question,
+        }
+    }
+
+    /// Queries received so far.
+    pub fn count(&self) -> usize {
+        self.received.load(Ordering::SeqCst)
+    }
+}
+
+type UpstreamState = (Arc<AtomicUsize>, Arc<Mutex<Option<String>>>);
+
+fn upstream_answer(mode: UpstreamMode, request: &[u8], state: &UpstreamState) -> Option<Vec<u8>> {
+    let request = Message::from_vec(request).ok()?;
+    state.0.fetch_add(1, Ordering::SeqCst);
+    let question = request.queries.first()?.clone();
+    if let Ok(mut last) = state.1.lock() {
+        *last = Some(format!("{} {}", question.name(), question.query_type()));
+    }
+    if mode == UpstreamMode::Silent {
+        return None;
+    }
+    let mut answer = Message::response(request.metadata.id, request.metadata.op_code);
+    answer.metadata.recursion_desired = request.metadata.recursion_desired;
+    answer.metadata.recursion_available = true;
+    answer.queries = request.queries.clone();
+    let nx = Name::from_str("nx.example.org.").expect("valid");
+    if nx.zone_of(question.name()) {
+        answer.metadata.response_code = hickory_proto::op::ResponseCode::NXDomain;
+    } else if question.query_type() == RecordType::A {
+        let [a, b, c, d] = UPSTREAM_A;
+        answer.answers.push(Record::from_rdata(
+            question.name().clone(),
+            300,
+            RData::A(A::new(a, b, c, d)),
+        ));
+    }
+    answer.to_vec().ok()
+}
