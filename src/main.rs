@@ -15,7 +15,7 @@ use clusterdns::source::{EventSink, SourceEvent};
 use clusterdns::upstream::{Forwarder, resolv_conf};
 use clusterdns::zone::{Zone, ZoneConfig};
 use hickory_proto::rr::Name;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -95,6 +95,7 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
