@@ -76,8 +76,36 @@ pub struct Config {
     pub ready_listen: Option<SocketAddr>,
     /// The `[server]` table: socket and concurrency knobs.
     pub server: ServerConfig,
-    /// The `[upstream]` table: forwarding timeouts.
+    /// The `[upstream]` table: forwarding timeouts and limits.
     pub upstream: UpstreamConfig,
+    /// The `[cache]` table: the cache of upstream answers.
+    pub cache: CacheConfig,
+}
+
+/// The `[cache]` table: what is kept of upstream answers, and for how long.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Positive answers kept at most (entries); 0 disables the cache.
+    pub capacity: u64,
+    /// Negative answers (NXDOMAIN, NODATA, SERVFAIL) kept at most, apart from the positive
+    /// ones so a flood of random names cannot evict the answers clients need.
+    pub negative_capacity: u64,
+    /// Cap on the TTL of positive answers, in seconds.
+    pub max_ttl: u32,
+    /// Floor on the TTL of cached answers, in seconds.
+    pub min_ttl: u32,
+    /// Cap on the TTL of negative answers, in seconds (RFC 2308 section 5).
+    pub max_negative_ttl: u32,
+    /// How long an upstream SERVFAIL is cached, in seconds (0: not at all; at most 5).
+    #[serde(deserialize_with = "de_servfail_ttl")]
+    pub servfail_ttl: u32,
+    /// How long past its expiry an answer may still be served when every upstream fails
+    /// (RFC 8767), in seconds; 0 disables serve-stale.
+    pub serve_stale: u32,
+    /// An entry asked at least this many times is refreshed in the background when less than
+    /// 10% of its TTL is left; 0 disables prefetch.
+    pub prefetch: u32,
 }
 
 /// The `[server]` table.
@@ -130,6 +158,10 @@ pub struct UpstreamConfig {
     /// [`Config::load`].
     #[serde(skip)]
     pub timeout_explicit: bool,
+    /// Upstream queries in flight at most; a question beyond it gets REFUSED at once (and is
+    /// counted), so a slow upstream cannot pile up unbounded memory. At least 1.
+    #[serde(deserialize_with = "de_max_concurrent")]
+    pub max_concurrent: usize,
 }
 
 /// How pod names (`1-2-3-4.<ns>.pod.<zone>`) are answered.
@@ -176,6 +208,7 @@ impl Default for Config {
             ready_listen: Some(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 8181)),
             server: ServerConfig::default(),
             upstream: UpstreamConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -194,12 +227,28 @@ impl Default for ServerConfig {
     }
 }
 
+impl Default for CacheConfig {
+    fn default() -> CacheConfig {
+        CacheConfig {
+            capacity: 9984,
+            negative_capacity: 9984,
+            max_ttl: 3600,
+            min_ttl: 5,
+            max_negative_ttl: 1800,
+            servfail_ttl: 5,
+            serve_stale: 3600,
+            prefetch: 2,
+        }
+    }
+}
+
 impl Default for UpstreamConfig {
     fn default() -> UpstreamConfig {
         UpstreamConfig {
             timeout: Duration::from_secs(2),
             deadline: Duration::from_secs(4),
             timeout_explicit: false,
+            max_concurrent: 1000,
         }
     }
 }
@@ -393,6 +442,32 @@ impl Config {
             },
             format_duration(self.upstream.deadline)
         );
+        let _ = writeln!(
+            out,
+            "upstream limit:    {} queries in flight",
+            self.upstream.max_concurrent
+        );
+        let c = &self.cache;
+        if c.capacity == 0 {
+            let _ = writeln!(out, "cache:             off");
+        } else {
+            let _ = writeln!(
+                out,
+                "cache:             {} positive / {} negative entries, ttl {}..{}s (negative <= {}s, servfail {}s), serve stale {}s, prefetch {}",
+                c.capacity,
+                c.negative_capacity,
+                c.min_ttl,
+                c.max_ttl,
+                c.max_negative_ttl,
+                c.servfail_ttl,
+                c.serve_stale,
+                if c.prefetch == 0 {
+                    "off".to_string()
+                } else {
+                    format!("after {} hits", c.prefetch)
+                }
+            );
+        }
         let _ = writeln!(out, "metrics listen:    {}", http(self.metrics_listen));
         let _ = writeln!(out, "health listen:     {}", http(self.health_listen));
         let _ = writeln!(out, "ready listen:      {}", http(self.ready_listen));
@@ -774,6 +849,26 @@ fn de_max_udp_payload<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> 
             "invalid max_udp_payload {n}: must be between {MIN_UDP_PAYLOAD} and {MAX_UDP_PAYLOAD}"
         ))),
     }
+}
+
+fn de_max_concurrent<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = usize::deserialize(d)?;
+    if n == 0 {
+        return Err(de::Error::custom(
+            "invalid max_concurrent 0: must be at least 1",
+        ));
+    }
+    Ok(n)
+}
+
+fn de_servfail_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if n > 5 {
+        return Err(de::Error::custom(format!(
+            "invalid servfail_ttl {n}: at most 5 seconds (a cached failure outlives its cause)"
+        )));
+    }
+    Ok(n)
 }
 
 fn de_max_tcp_connections<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {

@@ -33,6 +33,24 @@ pub struct Metrics {
     pub zone_services: IntGauge,
     /// 1 once every source has delivered its initial state.
     pub synced: IntGauge,
+    /// Upstream answers served from the cache, by type (`success`, `denial`).
+    pub cache_hits: IntCounterVec,
+    /// Upstream questions not found in the cache.
+    pub cache_misses: IntCounter,
+    /// Questions looked up in the cache.
+    pub cache_requests: IntCounter,
+    /// Cache entries refreshed in the background before they expired.
+    pub cache_prefetch: IntCounter,
+    /// Expired answers served because every upstream failed (RFC 8767).
+    pub cache_served_stale: IntCounter,
+    /// Entries evicted by capacity, by type.
+    pub cache_evictions: IntCounterVec,
+    /// Entries in the cache, by type; refreshed on every scrape.
+    pub cache_entries: IntGaugeVec,
+    /// Clients that waited on an identical question already in flight instead of sending it.
+    pub coalesced_queries: IntCounter,
+    /// Questions refused because `upstream.max_concurrent` queries were in flight.
+    pub max_concurrent_rejects: IntCounter,
 }
 
 impl Metrics {
@@ -116,6 +134,45 @@ impl Metrics {
             synced: gauge(
                 "clusterdns_synced",
                 "1 once every source has delivered its initial state.",
+            ),
+            cache_hits: counter_vec(
+                "coredns_cache_hits_total",
+                "Upstream answers served from the cache, by type.",
+                &["type"],
+            ),
+            cache_misses: counter(
+                "coredns_cache_misses_total",
+                "Upstream questions not found in the cache.",
+            ),
+            cache_requests: counter(
+                "coredns_cache_requests_total",
+                "Questions looked up in the cache.",
+            ),
+            cache_prefetch: counter(
+                "coredns_cache_prefetch_total",
+                "Cache entries refreshed before they expired.",
+            ),
+            cache_served_stale: counter(
+                "coredns_cache_served_stale_total",
+                "Expired answers served because every upstream failed.",
+            ),
+            cache_evictions: counter_vec(
+                "coredns_cache_evictions_total",
+                "Cache entries evicted by capacity, by type.",
+                &["type"],
+            ),
+            cache_entries: gauge_vec(
+                "coredns_cache_entries",
+                "Entries in the cache, by type.",
+                &["type"],
+            ),
+            coalesced_queries: counter(
+                "clusterdns_coalesced_queries_total",
+                "Clients that shared an identical upstream question already in flight.",
+            ),
+            max_concurrent_rejects: counter(
+                "coredns_forward_max_concurrent_rejects_total",
+                "Questions refused because too many upstream queries were in flight.",
             ),
             registry,
         }

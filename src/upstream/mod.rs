@@ -1,18 +1,28 @@
-//! Upstream forwarding: sends a question the cluster zone does not own to the upstream
-//! resolvers and brings back their answer.
+//! The upstream path: every question the cluster zone does not own.
+//!
+//! ```text
+//!  handler ─▶ Resolver ─▶ cache hit? ─▶ answer (TTLs counted down; prefetch when hot)
+//!                │ miss
+//!                └─▶ in flight already? ─▶ wait for it (coalescing)
+//!                       │ no
+//!                       └─▶ max_concurrent slot ─▶ Forwarder ─▶ upstreams (UDP, TCP on TC)
+//!                                                      │ all failed: stale entry, else error
+//! ```
 //!
 //! Owns: the upstream list, per-try timeouts and the overall deadline, message-id
-//! randomisation and answer matching, the UDP-then-TCP fallback. Must not touch the zone or
-//! build client responses (the handler does both); it returns the upstream's message as is.
-//!
-//! Policy here is deliberately basic (upstreams tried in order, one at a time); caching,
-//! health checks and selection policies belong to the forwarding/cache issue.
+//! randomisation and answer matching, the UDP-then-TCP fallback, the cache, coalescing and
+//! the in-flight limit. Must not touch the zone or build client responses (the handler does
+//! both): it returns the upstream's rcode and sections.
 
+pub mod cache;
 pub mod resolv_conf;
 
-use crate::config::UpstreamConfig;
+use crate::config::{CacheConfig, UpstreamConfig};
 use crate::ops::metrics::Metrics;
+use cache::{Cache, CacheKey, CachedAnswer, Lookup};
+use dashmap::DashMap;
 use hickory_proto::op::Message;
+use tokio::sync::{Semaphore, watch};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -37,9 +47,145 @@ pub enum ForwardError {
     /// Every upstream failed fast (refused, unreachable, unparseable answers).
     #[error("every upstream failed; last error: {0}")]
     AllFailed(String),
-    /// The question could not be encoded.
-    #[error("cannot encode the upstream query: {0}")]
-    Encode(String),
+    /// `max_concurrent` upstream queries were already in flight.
+    #[error("too many upstream queries in flight")]
+    Overloaded,
+}
+
+/// What the upstream path answers: the upstream's rcode and sections, fresh, from the cache
+/// or (when every upstream failed) stale.
+pub type UpstreamAnswer = CachedAnswer;
+
+/// The outcome shared by every client waiting on one in-flight question.
+type Shared = Option<Result<Arc<CachedAnswer>, Arc<ForwardError>>>;
+
+/// The upstream path as the handler sees it: cache, coalescing, in-flight limit, forwarder.
+pub struct Resolver {
+    forwarder: Forwarder,
+    cache: Cache,
+    in_flight: DashMap<CacheKey, watch::Receiver<Shared>>,
+    slots: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+impl Resolver {
+    /// The upstream path over `forwarder`.
+    pub fn new(
+        forwarder: Forwarder,
+        upstream: &UpstreamConfig,
+        cache: &CacheConfig,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Resolver> {
+        Arc::new(Resolver {
+            forwarder,
+            cache: Cache::new(cache, metrics.clone()),
+            in_flight: DashMap::new(),
+            slots: Arc::new(Semaphore::new(upstream.max_concurrent)),
+            metrics,
+        })
+    }
+
+    /// The upstream resolvers, in the order they are tried.
+    pub fn upstreams(&self) -> &[SocketAddr] {
+        self.forwarder.upstreams()
+    }
+
+    /// Refreshes the cache gauges (for the metrics scrape).
+    pub fn update_metrics(&self) {
+        self.cache.update_entry_gauges();
+    }
+
+    /// Answers `query` (one question) from the cache or the upstreams. Identical questions
+    /// in flight at once go upstream once; when every upstream fails, an expired entry
+    /// within the serve-stale window is answered instead of an error.
+    pub async fn resolve(self: &Arc<Self>, query: &Message) -> Result<UpstreamAnswer, Arc<ForwardError>> {
+        let Some(key) = CacheKey::of(query) else {
+            return self.fetch(None, query).await.map(|a| (*a).clone());
+        };
+        let stale = match self.cache.get(&key, Instant::now().into_std()) {
+            Lookup::Fresh { answer, prefetch } => {
+                if prefetch {
+                    self.metrics.cache_prefetch.inc();
+                    let this = self.clone();
+                    let query = query.clone();
+                    tokio::spawn(async move {
+                        let _ = this.shared_fetch(key, &query).await;
+                    });
+                }
+                return Ok(answer);
+            }
+            Lookup::Stale(answer) => Some(answer),
+            Lookup::Miss => None,
+        };
+        match self.shared_fetch(key, query).await {
+            Ok(answer) => Ok((*answer).clone()),
+            Err(error) => match stale {
+                Some(answer) => {
+                    self.metrics.cache_served_stale.inc();
+                    debug!(%error, "every upstream failed; serving a stale answer");
+                    Ok(answer)
+                }
+                None => Err(error),
+            },
+        }
+    }
+
+    /// The upstream answer for `key`, asked once however many clients wait for it.
+    async fn shared_fetch(
+        self: &Arc<Self>,
+        key: CacheKey,
+        query: &Message,
+    ) -> Result<Arc<CachedAnswer>, Arc<ForwardError>> {
+        let mut receiver = match self.in_flight.entry(key.clone()) {
+            dashmap::Entry::Occupied(entry) => {
+                self.metrics.coalesced_queries.inc();
+                entry.get().clone()
+            }
+            dashmap::Entry::Vacant(entry) => {
+                let (sender, receiver) = watch::channel(None);
+                entry.insert(receiver.clone());
+                // The fetch runs as its own task so that it completes (and fills the cache)
+                // even if the client that started it goes away.
+                let this = self.clone();
+                let query = query.clone();
+                tokio::spawn(async move {
+                    let result = this.fetch(Some(&key), &query).await;
+                    this.in_flight.remove(&key);
+                    let _ = sender.send(Some(result));
+                });
+                receiver
+            }
+        };
+        let outcome = receiver
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Arc::new(ForwardError::AllFailed("upstream task ended".into())))?;
+        match &*outcome {
+            Some(result) => result.clone(),
+            None => Err(Arc::new(ForwardError::AllFailed("no outcome".into()))),
+        }
+    }
+
+    /// One upstream exchange within the in-flight limit; a usable answer is cached.
+    async fn fetch(
+        &self,
+        key: Option<&CacheKey>,
+        query: &Message,
+    ) -> Result<Arc<CachedAnswer>, Arc<ForwardError>> {
+        let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+            self.metrics.max_concurrent_rejects.inc();
+            return Err(Arc::new(ForwardError::Overloaded));
+        };
+        let message = self.forwarder.forward(query).await.map_err(Arc::new)?;
+        let answer = CachedAnswer::from_message(&message);
+        if let Some(key) = key
+            && !message.metadata.truncation
+        {
+            self.cache
+                .insert(key.clone(), &answer, Instant::now().into_std());
+        }
+        Ok(Arc::new(answer))
+    }
 }
 
 /// What one try against one upstream produced.

@@ -13,6 +13,7 @@ fn config(timeout_ms: u64, deadline_ms: u64) -> UpstreamConfig {
         timeout: Duration::from_millis(timeout_ms),
         deadline: Duration::from_millis(deadline_ms),
         timeout_explicit: true,
+        ..UpstreamConfig::default()
     }
 }
 
