@@ -22,13 +22,13 @@ use crate::ops::metrics::Metrics;
 use cache::{Cache, CacheKey, CachedAnswer, Lookup};
 use dashmap::DashMap;
 use hickory_proto::op::Message;
-use tokio::sync::{Semaphore, watch};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, timeout_at};
 use tracing::debug;
 
@@ -98,7 +98,10 @@ impl Resolver {
     /// Answers `query` (one question) from the cache or the upstreams. Identical questions
     /// in flight at once go upstream once; when every upstream fails, an expired entry
     /// within the serve-stale window is answered instead of an error.
-    pub async fn resolve(self: &Arc<Self>, query: &Message) -> Result<UpstreamAnswer, Arc<ForwardError>> {
+    pub async fn resolve(
+        self: &Arc<Self>,
+        query: &Message,
+    ) -> Result<UpstreamAnswer, Arc<ForwardError>> {
         let Some(key) = CacheKey::of(query) else {
             return self.fetch(None, query).await.map(|a| (*a).clone());
         };
