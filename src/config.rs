@@ -162,6 +162,32 @@ pub struct UpstreamConfig {
     /// counted), so a slow upstream cannot pile up unbounded memory. At least 1.
     #[serde(deserialize_with = "de_max_concurrent")]
     pub max_concurrent: usize,
+    /// In which order the upstreams are tried (CoreDNS `policy`).
+    pub policy: Policy,
+    /// Consecutive failures after which an upstream is marked down and probed in the
+    /// background until it answers again; 0 disables health checking.
+    pub max_fails: u32,
+    /// How often a down upstream is probed (`. IN NS`). TOML: `"500ms"`.
+    #[serde(deserialize_with = "de_health_check", serialize_with = "ser_duration")]
+    pub health_check: Duration,
+    /// Per-domain resolvers (kube-dns `stubDomains`): names under a key go to its resolvers
+    /// instead of the default upstreams; the longest matching domain wins.
+    /// TOML: `stub_domains = { "acme.local" = ["10.0.0.53"] }`.
+    #[serde(deserialize_with = "de_stub_domains")]
+    pub stub_domains: std::collections::BTreeMap<String, Vec<SocketAddr>>,
+}
+
+/// Order in which upstreams are tried.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// A random order for every query: spreads load, CoreDNS's default.
+    #[default]
+    Random,
+    /// The next upstream first for every query.
+    RoundRobin,
+    /// Always in the configured order: the first is preferred while it is healthy.
+    Sequential,
 }
 
 /// How pod names (`1-2-3-4.<ns>.pod.<zone>`) are answered.
@@ -249,6 +275,10 @@ impl Default for UpstreamConfig {
             deadline: Duration::from_secs(4),
             timeout_explicit: false,
             max_concurrent: 1000,
+            policy: Policy::Random,
+            max_fails: 2,
+            health_check: Duration::from_millis(500),
+            stub_domains: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -442,11 +472,18 @@ impl Config {
             },
             format_duration(self.upstream.deadline)
         );
+        let u = &self.upstream;
         let _ = writeln!(
             out,
-            "upstream limit:    {} queries in flight",
-            self.upstream.max_concurrent
+            "upstream policy:   {:?}, down after {} failures (probe every {}), at most {} queries in flight",
+            u.policy,
+            u.max_fails,
+            format_duration(u.health_check),
+            u.max_concurrent
         );
+        for (domain, servers) in &u.stub_domains {
+            let _ = writeln!(out, "stub domain:       {domain} -> {}", addrs(servers));
+        }
         let c = &self.cache;
         if c.capacity == 0 {
             let _ = writeln!(out, "cache:             off");
@@ -849,6 +886,34 @@ fn de_max_udp_payload<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> 
             "invalid max_udp_payload {n}: must be between {MIN_UDP_PAYLOAD} and {MAX_UDP_PAYLOAD}"
         ))),
     }
+}
+
+fn de_health_check<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    check_positive("upstream.health_check", de_duration(d)?).map_err(de::Error::custom)
+}
+
+fn de_stub_domains<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, Vec<SocketAddr>>, D::Error> {
+    let raw = std::collections::BTreeMap::<String, Vec<String>>::deserialize(d)?;
+    let mut out = std::collections::BTreeMap::new();
+    for (domain, servers) in raw {
+        let domain =
+            parse_zone(&domain).map_err(|e| de::Error::custom(format!("stub_domains: {e}")))?;
+        if servers.is_empty() {
+            return Err(de::Error::custom(format!(
+                "stub_domains: {domain:?} has no resolver"
+            )));
+        }
+        let servers = servers
+            .iter()
+            .map(|s| parse_upstream(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| de::Error::custom(format!("stub_domains.{domain}: {e}")))?;
+        check_upstreams(&servers).map_err(de::Error::custom)?;
+        out.insert(domain, servers);
+    }
+    Ok(out)
 }
 
 fn de_max_concurrent<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {

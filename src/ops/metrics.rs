@@ -51,6 +51,12 @@ pub struct Metrics {
     pub coalesced_queries: IntCounter,
     /// Questions refused because `upstream.max_concurrent` queries were in flight.
     pub max_concurrent_rejects: IntCounter,
+    /// 1 while an upstream is considered healthy, 0 while it is marked down, by address.
+    pub upstream_healthy: IntGaugeVec,
+    /// Failed health probes of a down upstream, by address.
+    pub healthcheck_failures: IntCounterVec,
+    /// Queries for which every upstream was marked down (all were tried anyway).
+    pub healthcheck_broken: IntCounter,
 }
 
 impl Metrics {
@@ -173,6 +179,20 @@ impl Metrics {
             max_concurrent_rejects: counter(
                 "coredns_forward_max_concurrent_rejects_total",
                 "Questions refused because too many upstream queries were in flight.",
+            ),
+            upstream_healthy: gauge_vec(
+                "clusterdns_upstream_healthy",
+                "1 while an upstream is considered healthy, 0 while it is marked down.",
+                &["to"],
+            ),
+            healthcheck_failures: counter_vec(
+                "coredns_proxy_healthcheck_failures_total",
+                "Failed health probes of upstreams marked down.",
+                &["to"],
+            ),
+            healthcheck_broken: counter(
+                "coredns_forward_healthcheck_broken_total",
+                "Queries for which every upstream was marked down.",
             ),
             registry,
         }

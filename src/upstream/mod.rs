@@ -17,20 +17,22 @@
 pub mod cache;
 pub mod resolv_conf;
 
-use crate::config::{CacheConfig, UpstreamConfig};
+use crate::config::{CacheConfig, Policy, UpstreamConfig};
 use crate::ops::metrics::Metrics;
 use cache::{Cache, CacheKey, CachedAnswer, Lookup};
 use dashmap::DashMap;
 use hickory_proto::op::Message;
+use rand::seq::SliceRandom;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, timeout_at};
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 /// Largest UDP answer we accept from an upstream (the EDNS maximum).
 const MAX_UPSTREAM_UDP: usize = 65_535;
@@ -62,6 +64,8 @@ type Shared = Option<Result<Arc<CachedAnswer>, Arc<ForwardError>>>;
 /// The upstream path as the handler sees it: cache, coalescing, in-flight limit, forwarder.
 pub struct Resolver {
     forwarder: Forwarder,
+    /// Stub domains, most specific first.
+    stubs: Vec<(hickory_proto::rr::Name, Forwarder)>,
     cache: Cache,
     in_flight: DashMap<CacheKey, watch::Receiver<Shared>>,
     slots: Arc<Semaphore>,
@@ -69,15 +73,29 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// The upstream path over `forwarder`.
+    /// The upstream path: `upstreams` for every name, except names under one of
+    /// `upstream.stub_domains`, which go to that domain's resolvers.
     pub fn new(
-        forwarder: Forwarder,
+        upstreams: Vec<SocketAddr>,
         upstream: &UpstreamConfig,
         cache: &CacheConfig,
         metrics: Arc<Metrics>,
     ) -> Arc<Resolver> {
+        let mut stubs: Vec<(hickory_proto::rr::Name, Forwarder)> = upstream
+            .stub_domains
+            .iter()
+            .filter_map(|(domain, servers)| {
+                let name = hickory_proto::rr::Name::from_ascii(format!("{domain}.")).ok()?;
+                Some((
+                    name,
+                    Forwarder::new(servers.clone(), upstream, metrics.clone()),
+                ))
+            })
+            .collect();
+        stubs.sort_by_key(|(name, _)| std::cmp::Reverse(name.num_labels()));
         Arc::new(Resolver {
-            forwarder,
+            forwarder: Forwarder::new(upstreams, upstream, metrics.clone()),
+            stubs,
             cache: Cache::new(cache, metrics.clone()),
             in_flight: DashMap::new(),
             slots: Arc::new(Semaphore::new(upstream.max_concurrent)),
@@ -88,6 +106,20 @@ impl Resolver {
     /// The upstream resolvers, in the order they are tried.
     pub fn upstreams(&self) -> &[SocketAddr] {
         self.forwarder.upstreams()
+    }
+
+    /// The forwarder for `query`'s name: the longest stub domain containing it, else the
+    /// default upstreams.
+    fn route(&self, query: &Message) -> &Forwarder {
+        query
+            .queries
+            .first()
+            .and_then(|q| {
+                self.stubs
+                    .iter()
+                    .find(|(domain, _)| domain.zone_of(q.name()))
+            })
+            .map_or(&self.forwarder, |(_, forwarder)| forwarder)
     }
 
     /// Refreshes the cache gauges (for the metrics scrape).
@@ -179,7 +211,7 @@ impl Resolver {
             self.metrics.max_concurrent_rejects.inc();
             return Err(Arc::new(ForwardError::Overloaded));
         };
-        let message = self.forwarder.forward(query).await.map_err(Arc::new)?;
+        let message = self.route(query).forward(query).await.map_err(Arc::new)?;
         let answer = CachedAnswer::from_message(&message);
         if let Some(key) = key
             && !message.metadata.truncation
@@ -200,61 +232,124 @@ enum TryError {
     Failed(String),
 }
 
-/// Forwards questions to a fixed list of upstream resolvers.
+/// One upstream resolver and what we know of its health.
+#[derive(Debug)]
+struct UpstreamState {
+    addr: SocketAddr,
+    /// Consecutive failed tries.
+    fails: AtomicU32,
+    /// Marked down after `max_fails` failures; a probe task brings it back.
+    down: AtomicBool,
+}
+
+/// Forwards questions to one list of upstream resolvers (the default list, or the resolvers
+/// of one stub domain), in the configured order, skipping upstreams marked down.
 pub struct Forwarder {
-    upstreams: Vec<SocketAddr>,
+    upstreams: Vec<Arc<UpstreamState>>,
+    addrs: Vec<SocketAddr>,
+    policy: Policy,
+    next: AtomicUsize,
+    max_fails: u32,
+    health_check: Duration,
     try_timeout: Duration,
     deadline: Duration,
     metrics: Arc<Metrics>,
 }
 
 impl Forwarder {
-    /// A forwarder trying `upstreams` in order with the timeouts of `config`.
+    /// A forwarder over `upstreams` with the policy, health and timeouts of `config`.
     pub fn new(upstreams: Vec<SocketAddr>, config: &UpstreamConfig, metrics: Arc<Metrics>) -> Self {
+        for addr in &upstreams {
+            metrics
+                .upstream_healthy
+                .with_label_values(&[&addr.to_string()])
+                .set(1);
+        }
         Forwarder {
-            upstreams,
+            upstreams: upstreams
+                .iter()
+                .map(|&addr| {
+                    Arc::new(UpstreamState {
+                        addr,
+                        fails: AtomicU32::new(0),
+                        down: AtomicBool::new(false),
+                    })
+                })
+                .collect(),
+            addrs: upstreams,
+            policy: config.policy,
+            next: AtomicUsize::new(0),
+            max_fails: config.max_fails,
+            health_check: config.health_check,
             try_timeout: config.timeout,
             deadline: config.deadline.max(config.timeout),
             metrics,
         }
     }
 
-    /// The upstream resolvers, in the order they are tried.
+    /// The upstream resolvers, in configuration order.
     pub fn upstreams(&self) -> &[SocketAddr] {
-        &self.upstreams
+        &self.addrs
+    }
+
+    /// The order of this query's tries: the policy's order, healthy upstreams first. When
+    /// every upstream is down they are all tried anyway: failing everything would be worse.
+    fn order(&self) -> Vec<Arc<UpstreamState>> {
+        let mut order: Vec<Arc<UpstreamState>> = self.upstreams.clone();
+        match self.policy {
+            Policy::Random => order.shuffle(&mut rand::rng()),
+            Policy::RoundRobin => {
+                let first = self.next.fetch_add(1, Ordering::Relaxed) % order.len().max(1);
+                order.rotate_left(first);
+            }
+            Policy::Sequential => {}
+        }
+        order.sort_by_key(|u| u.down.load(Ordering::Relaxed));
+        if order
+            .first()
+            .is_some_and(|u| u.down.load(Ordering::Relaxed))
+        {
+            self.metrics.healthcheck_broken.inc();
+        }
+        order
     }
 
     /// Sends `query` upstream and returns the first matching answer. Upstreams are tried in
-    /// order, wrapping around, each for at most the per-try timeout, until the overall
-    /// deadline; a round in which every upstream failed fast ends the attempt early.
+    /// [`Forwarder::order`], wrapping around, each for at most the per-try timeout, until
+    /// the overall deadline; a round in which every upstream failed fast ends it early.
     pub async fn forward(&self, query: &Message) -> Result<Message, ForwardError> {
         if self.upstreams.is_empty() {
             return Err(ForwardError::NoUpstreams);
         }
         let deadline = Instant::now() + self.deadline;
         let mut last_error = String::new();
+        let order = self.order();
         loop {
             let mut all_failed_fast = true;
-            for &upstream in &self.upstreams {
+            for upstream in &order {
                 let now = Instant::now();
                 if now >= deadline {
                     return Err(ForwardError::Deadline(self.deadline));
                 }
                 let try_deadline = deadline.min(now + self.try_timeout);
-                match self.try_upstream(upstream, query, try_deadline).await {
+                let addr = upstream.addr;
+                match try_upstream(addr, query, try_deadline, &self.metrics).await {
                     Ok(answer) => {
-                        self.count("ok");
+                        count(&self.metrics, "ok");
+                        self.succeeded(upstream);
                         return Ok(answer);
                     }
                     Err(TryError::Timeout) => {
-                        self.count("timeout");
+                        count(&self.metrics, "timeout");
                         all_failed_fast = false;
-                        debug!(%upstream, "upstream timed out");
+                        debug!(upstream = %addr, "upstream timed out");
+                        self.failed(upstream);
                     }
                     Err(TryError::Failed(reason)) => {
-                        self.count("error");
-                        debug!(%upstream, %reason, "upstream failed");
-                        last_error = format!("{upstream}: {reason}");
+                        count(&self.metrics, "error");
+                        debug!(upstream = %addr, %reason, "upstream failed");
+                        last_error = format!("{addr}: {reason}");
+                        self.failed(upstream);
                     }
                 }
             }
@@ -264,66 +359,136 @@ impl Forwarder {
         }
     }
 
-    fn count(&self, outcome: &str) {
-        self.metrics
-            .upstream_queries
-            .with_label_values(&[outcome])
-            .inc();
-    }
-
-    /// One try: UDP, then TCP when the UDP answer is truncated.
-    async fn try_upstream(
-        &self,
-        upstream: SocketAddr,
-        query: &Message,
-        deadline: Instant,
-    ) -> Result<Message, TryError> {
-        let mut outgoing = query.clone();
-        outgoing.metadata.id = rand::random();
-        let wire = outgoing
-            .to_vec()
-            .map_err(|e| TryError::Failed(format!("cannot encode query: {e}")))?;
-        let attempt = async {
-            let answer = self.exchange_udp(upstream, &outgoing, &wire).await?;
-            if answer.metadata.truncation {
-                debug!(%upstream, "upstream answer truncated; retrying over TCP");
-                return exchange_tcp(upstream, &outgoing, &wire).await;
-            }
-            Ok(answer)
-        };
-        match timeout_at(deadline, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(TryError::Timeout),
+    fn succeeded(&self, upstream: &UpstreamState) {
+        upstream.fails.store(0, Ordering::Relaxed);
+        if upstream.down.swap(false, Ordering::Relaxed) {
+            self.mark_up(upstream);
         }
     }
 
-    async fn exchange_udp(
-        &self,
-        upstream: SocketAddr,
-        outgoing: &Message,
-        wire: &[u8],
-    ) -> Result<Message, TryError> {
-        let local: SocketAddr = if upstream.is_ipv4() {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let socket = UdpSocket::bind(local).await.map_err(io_failure)?;
-        // Connecting filters datagrams from other sources and surfaces ICMP port-unreachable
-        // as an error, so a dead upstream fails fast instead of timing out.
-        socket.connect(upstream).await.map_err(io_failure)?;
-        socket.send(wire).await.map_err(io_failure)?;
-        let mut buf = vec![0u8; MAX_UPSTREAM_UDP];
-        loop {
-            let len = socket.recv(&mut buf).await.map_err(io_failure)?;
-            match matching_answer(outgoing, &buf[..len]) {
-                Some(answer) => return Ok(answer),
-                None => {
-                    // Wrong id or question: a late answer to an earlier query or a spoof
-                    // attempt. Keep waiting for the real one until the try times out.
-                    self.count("mismatch");
-                    debug!(%upstream, "discarded an upstream answer that does not match the query");
+    fn mark_up(&self, upstream: &UpstreamState) {
+        mark_up(upstream, &self.metrics);
+    }
+
+    /// Counts a failed try; at `max_fails` in a row the upstream is marked down and a probe
+    /// task asks it `. IN NS` every `health_check` until it answers.
+    fn failed(&self, upstream: &Arc<UpstreamState>) {
+        if self.max_fails == 0 {
+            return;
+        }
+        let fails = upstream.fails.fetch_add(1, Ordering::Relaxed) + 1;
+        if fails < self.max_fails || upstream.down.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        warn!(upstream = %upstream.addr, fails, "upstream marked down; probing it in the background");
+        let addr = upstream.addr.to_string();
+        self.metrics
+            .upstream_healthy
+            .with_label_values(&[&addr])
+            .set(0);
+        let upstream = upstream.clone();
+        let metrics = self.metrics.clone();
+        let interval = self.health_check;
+        let timeout = self.try_timeout.min(Duration::from_secs(1));
+        tokio::spawn(async move {
+            let probe = health_probe();
+            while upstream.down.load(Ordering::Relaxed) {
+                tokio::time::sleep(interval).await;
+                let deadline = Instant::now() + timeout;
+                // Any well-formed answer, whatever its rcode, shows the upstream is there.
+                if try_upstream(upstream.addr, &probe, deadline, &metrics)
+                    .await
+                    .is_ok()
+                {
+                    upstream.fails.store(0, Ordering::Relaxed);
+                    if upstream.down.swap(false, Ordering::Relaxed) {
+                        mark_up(&upstream, &metrics);
+                    }
+                    break;
                 }
+                metrics
+                    .healthcheck_failures
+                    .with_label_values(&[&addr])
+                    .inc();
+            }
+        });
+    }
+}
+
+fn mark_up(upstream: &UpstreamState, metrics: &Metrics) {
+    info!(upstream = %upstream.addr, "upstream answers again; marked up");
+    metrics
+        .upstream_healthy
+        .with_label_values(&[&upstream.addr.to_string()])
+        .set(1);
+}
+
+/// The health probe CoreDNS sends: `. IN NS`, no recursion needed.
+fn health_probe() -> Message {
+    let mut probe = Message::query();
+    probe.add_query(hickory_proto::op::Query::query(
+        hickory_proto::rr::Name::root(),
+        hickory_proto::rr::RecordType::NS,
+    ));
+    probe
+}
+
+fn count(metrics: &Metrics, outcome: &str) {
+    metrics.upstream_queries.with_label_values(&[outcome]).inc();
+}
+
+/// One try against one upstream: UDP, then TCP when the UDP answer is truncated.
+async fn try_upstream(
+    upstream: SocketAddr,
+    query: &Message,
+    deadline: Instant,
+    metrics: &Metrics,
+) -> Result<Message, TryError> {
+    let mut outgoing = query.clone();
+    outgoing.metadata.id = rand::random();
+    let wire = outgoing
+        .to_vec()
+        .map_err(|e| TryError::Failed(format!("cannot encode query: {e}")))?;
+    let attempt = async {
+        let answer = exchange_udp(upstream, &outgoing, &wire, metrics).await?;
+        if answer.metadata.truncation {
+            debug!(%upstream, "upstream answer truncated; retrying over TCP");
+            return exchange_tcp(upstream, &outgoing, &wire).await;
+        }
+        Ok(answer)
+    };
+    match timeout_at(deadline, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(TryError::Timeout),
+    }
+}
+
+async fn exchange_udp(
+    upstream: SocketAddr,
+    outgoing: &Message,
+    wire: &[u8],
+    metrics: &Metrics,
+) -> Result<Message, TryError> {
+    let local: SocketAddr = if upstream.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(local).await.map_err(io_failure)?;
+    // Connecting filters datagrams from other sources and surfaces ICMP port-unreachable
+    // as an error, so a dead upstream fails fast instead of timing out.
+    socket.connect(upstream).await.map_err(io_failure)?;
+    socket.send(wire).await.map_err(io_failure)?;
+    let mut buf = vec![0u8; MAX_UPSTREAM_UDP];
+    loop {
+        let len = socket.recv(&mut buf).await.map_err(io_failure)?;
+        match matching_answer(outgoing, &buf[..len]) {
+            Some(answer) => return Ok(answer),
+            None => {
+                // Wrong id or question: a late answer to an earlier query or a spoof
+                // attempt. Keep waiting for the real one until the try times out.
+                count(metrics, "mismatch");
+                debug!(%upstream, "discarded an upstream answer that does not match the query");
             }
         }
     }
