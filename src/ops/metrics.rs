@@ -57,6 +57,8 @@ pub struct Metrics {
     pub healthcheck_failures: IntCounterVec,
     /// Queries for which every upstream was marked down (all were tried anyway).
     pub healthcheck_broken: IntCounter,
+    /// 1 for an upstream found to loop back to this server (no longer used), by address.
+    pub upstream_loop: IntGaugeVec,
 }
 
 impl Metrics {
@@ -193,6 +195,11 @@ impl Metrics {
             healthcheck_broken: counter(
                 "coredns_forward_healthcheck_broken_total",
                 "Queries for which every upstream was marked down.",
+            ),
+            upstream_loop: gauge_vec(
+                "clusterdns_upstream_loop_detected",
+                "1 for an upstream that sent our loop probe back to us; it is no longer used.",
+                &["to"],
             ),
             registry,
         }

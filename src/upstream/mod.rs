@@ -15,6 +15,7 @@
 //! both): it returns the upstream's rcode and sections.
 
 pub mod cache;
+mod loop_check;
 pub mod resolv_conf;
 
 use crate::config::{CacheConfig, Policy, UpstreamConfig};
@@ -32,7 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, timeout_at};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Largest UDP answer we accept from an upstream (the EDNS maximum).
 const MAX_UPSTREAM_UDP: usize = 65_535;
@@ -49,6 +50,9 @@ pub enum ForwardError {
     /// Every upstream failed fast (refused, unreachable, unparseable answers).
     #[error("every upstream failed; last error: {0}")]
     AllFailed(String),
+    /// Every upstream of this name leads back to this server (a forwarding loop).
+    #[error("every upstream is a forwarding loop back to this server")]
+    Looped,
     /// `max_concurrent` upstream queries were already in flight.
     #[error("too many upstream queries in flight")]
     Overloaded,
@@ -66,6 +70,10 @@ pub struct Resolver {
     forwarder: Forwarder,
     /// Stub domains, most specific first.
     stubs: Vec<(hickory_proto::rr::Name, Forwarder)>,
+    /// Every upstream (default and stub), numbered for the loop probes.
+    all_upstreams: Vec<Arc<UpstreamState>>,
+    loop_check: loop_check::LoopCheck,
+    probe_timeout: Duration,
     cache: Cache,
     in_flight: DashMap<CacheKey, watch::Receiver<Shared>>,
     slots: Arc<Semaphore>,
@@ -93,9 +101,17 @@ impl Resolver {
             })
             .collect();
         stubs.sort_by_key(|(name, _)| std::cmp::Reverse(name.num_labels()));
+        let forwarder = Forwarder::new(upstreams, upstream, metrics.clone());
+        let all_upstreams = std::iter::once(&forwarder)
+            .chain(stubs.iter().map(|(_, f)| f))
+            .flat_map(|f| f.upstreams.iter().cloned())
+            .collect();
         Arc::new(Resolver {
-            forwarder: Forwarder::new(upstreams, upstream, metrics.clone()),
+            forwarder,
             stubs,
+            all_upstreams,
+            loop_check: loop_check::LoopCheck::new(),
+            probe_timeout: upstream.timeout,
             cache: Cache::new(cache, metrics.clone()),
             in_flight: DashMap::new(),
             slots: Arc::new(Semaphore::new(upstream.max_concurrent)),
@@ -122,6 +138,61 @@ impl Resolver {
             .map_or(&self.forwarder, |(_, forwarder)| forwarder)
     }
 
+    /// Sends every upstream a question only this process can recognise (see
+    /// [`loop_check`]); returns when each answered or timed out. An upstream whose probe
+    /// comes back to us is taken out of use by [`Resolver::resolve`].
+    pub async fn check_loops(self: &Arc<Self>) {
+        let mut probes = tokio::task::JoinSet::new();
+        for (index, upstream) in self.all_upstreams.iter().enumerate() {
+            let mut probe = Message::query();
+            probe.metadata.recursion_desired = true;
+            probe.add_query(hickory_proto::op::Query::query(
+                self.loop_check.probe_name(index),
+                hickory_proto::rr::RecordType::HINFO,
+            ));
+            let addr = upstream.addr;
+            let metrics = self.metrics.clone();
+            let deadline = Instant::now() + self.probe_timeout;
+            probes.spawn(async move {
+                let _ = try_upstream(addr, &probe, deadline, &metrics).await;
+            });
+        }
+        while probes.join_next().await.is_some() {}
+    }
+
+    /// Upstream numbered `index` sent our probe back: stop using it, loudly.
+    fn loop_detected(&self, index: usize) {
+        let Some(upstream) = self.all_upstreams.get(index) else {
+            return;
+        };
+        if upstream.looped.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let to = upstream.addr.to_string();
+        error!(
+            upstream = %upstream.addr,
+            "forwarding loop: upstream {} sent our own loop probe back to this server \
+             (typically a resolv.conf naming a local stub resolver such as 127.0.0.53, or this \
+             server itself; run clusterdns with dnsPolicy: Default or set `upstreams`). It is \
+             no longer used; the cluster zone keeps serving",
+            upstream.addr
+        );
+        self.metrics.upstream_loop.with_label_values(&[&to]).set(1);
+        self.metrics
+            .upstream_healthy
+            .with_label_values(&[&to])
+            .set(0);
+    }
+
+    /// Upstreams taken out of use because they loop back to us.
+    pub fn looped_upstreams(&self) -> Vec<SocketAddr> {
+        self.all_upstreams
+            .iter()
+            .filter(|u| u.looped.load(Ordering::Relaxed))
+            .map(|u| u.addr)
+            .collect()
+    }
+
     /// Refreshes the cache gauges (for the metrics scrape).
     pub fn update_metrics(&self) {
         self.cache.update_entry_gauges();
@@ -134,6 +205,20 @@ impl Resolver {
         self: &Arc<Self>,
         query: &Message,
     ) -> Result<UpstreamAnswer, Arc<ForwardError>> {
+        if let Some(index) = query
+            .queries
+            .first()
+            .and_then(|q| self.loop_check.probed_index(q.name()))
+        {
+            // Our own probe came back: answer it here, forwarding it would go round forever.
+            self.loop_detected(index);
+            return Ok(UpstreamAnswer {
+                rcode: hickory_proto::op::ResponseCode::NXDomain,
+                answers: Vec::new(),
+                authorities: Vec::new(),
+                additionals: Vec::new(),
+            });
+        }
         let Some(key) = CacheKey::of(query) else {
             return self.fetch(None, query).await.map(|a| (*a).clone());
         };
@@ -240,6 +325,8 @@ struct UpstreamState {
     fails: AtomicU32,
     /// Marked down after `max_fails` failures; a probe task brings it back.
     down: AtomicBool,
+    /// Leads back to this server: never used again.
+    looped: AtomicBool,
 }
 
 /// Forwards questions to one list of upstream resolvers (the default list, or the resolvers
@@ -273,6 +360,7 @@ impl Forwarder {
                         addr,
                         fails: AtomicU32::new(0),
                         down: AtomicBool::new(false),
+                        looped: AtomicBool::new(false),
                     })
                 })
                 .collect(),
@@ -295,7 +383,12 @@ impl Forwarder {
     /// The order of this query's tries: the policy's order, healthy upstreams first. When
     /// every upstream is down they are all tried anyway: failing everything would be worse.
     fn order(&self) -> Vec<Arc<UpstreamState>> {
-        let mut order: Vec<Arc<UpstreamState>> = self.upstreams.clone();
+        let mut order: Vec<Arc<UpstreamState>> = self
+            .upstreams
+            .iter()
+            .filter(|u| !u.looped.load(Ordering::Relaxed))
+            .cloned()
+            .collect();
         match self.policy {
             Policy::Random => order.shuffle(&mut rand::rng()),
             Policy::RoundRobin => {
@@ -324,6 +417,9 @@ impl Forwarder {
         let deadline = Instant::now() + self.deadline;
         let mut last_error = String::new();
         let order = self.order();
+        if order.is_empty() {
+            return Err(ForwardError::Looped);
+        }
         loop {
             let mut all_failed_fast = true;
             for upstream in &order {
