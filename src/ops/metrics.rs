@@ -11,11 +11,14 @@ pub struct Metrics {
     pub registry: Registry,
     /// DNS requests received, by transport (`udp`/`tcp`).
     pub requests: IntCounterVec,
-    /// DNS responses sent, by rcode name (`NOERROR`, `NXDOMAIN`, ...) and source of the answer
-    /// (`zone`, `upstream`, `server`).
+    /// DNS responses sent, by rcode name as CoreDNS prints it (`NOERROR`, `NXDOMAIN`, ...;
+    /// BADVERS is `BADSIG`, as in miekg/dns) and what answered, named after the CoreDNS
+    /// plugin that would have (`kubernetes` for the zone, `forward` for the upstream, empty
+    /// for the server's own error answers).
     pub responses: IntCounterVec,
-    /// Packets that could not be answered normally, by reason (`short`, `undecodable`,
-    /// `qdcount`, `not_query`, `opcode`).
+    /// Packets that could not be answered normally, by reason: `short` (under 12 bytes,
+    /// dropped), `response` (QR set, dropped), `undecodable` (FORMERR), `qdcount` (not
+    /// exactly one question, FORMERR), `opcode` (not QUERY, NOTIMP).
     pub malformed_packets: IntCounterVec,
     /// UDP responses that did not fit the client's payload size and went out with TC set.
     pub truncated_responses: IntCounter,

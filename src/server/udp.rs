@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, error};
 
 /// Largest datagram read; anything longer is not a DNS query we answer.
 const MAX_DATAGRAM: usize = 65535;
@@ -26,7 +26,19 @@ pub async fn serve(socket: Arc<UdpSocket>, handler: Arc<Handler>, cancel: Cancel
                 }
             },
         };
-        match handler.handle(&buf[..len], Transport::Udp) {
+        // A bug triggered by one packet must not end the worker (and with it a share of the
+        // port's traffic, spread by SO_REUSEPORT): drop that packet and go on.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            handler.handle(&buf[..len], Transport::Udp)
+        }));
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                error!(%peer, len, "handler panicked on a UDP packet; dropped it");
+                continue;
+            }
+        };
+        match outcome {
             Outcome::Reply(bytes) => send(&socket, &bytes, peer).await,
             Outcome::Drop => {}
             Outcome::Upstream(pending) => {

@@ -190,8 +190,15 @@ impl Server {
     pub fn both(&self, query: &Message) -> Message {
         let udp = self.udp(query);
         let tcp = self.tcp(query);
-        assert_eq!(udp.metadata.response_code, tcp.metadata.response_code, "rcode UDP vs TCP");
-        assert_eq!(sorted(&udp.answers), sorted(&tcp.answers), "answers UDP vs TCP");
+        assert_eq!(
+            udp.metadata.response_code, tcp.metadata.response_code,
+            "rcode UDP vs TCP"
+        );
+        assert_eq!(
+            sorted(&udp.answers),
+            sorted(&tcp.answers),
+            "answers UDP vs TCP"
+        );
         assert_eq!(udp.authorities, tcp.authorities, "authority UDP vs TCP");
         udp
     }
@@ -236,9 +243,15 @@ pub fn metric_value(text: &str, name: &str, labels: &str) -> f64 {
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect HTTP");
     stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").expect("send");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
     let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read HTTP response");
+    stream
+        .read_to_string(&mut response)
+        .expect("read HTTP response");
     let status = response
         .split_whitespace()
         .nth(1)
@@ -270,7 +283,11 @@ pub fn query(name: &str, qtype: RecordType) -> Message {
     let mut message = Message::query();
     message.metadata.id = rand::random();
     message.metadata.recursion_desired = true;
-    message.add_query(Query::query(Name::from_str(name).expect("valid name"), qtype));
+    message.add_query(Query::query(
+        // from_ascii keeps the case as written (from_str lowercases), so case echo is tested.
+        Name::from_ascii(name).expect("valid name"),
+        qtype,
+    ));
     message
 }
 
@@ -288,11 +305,20 @@ pub fn query_edns(name: &str, qtype: RecordType, payload: u16) -> Message {
 pub fn parse_answer(query: &Message, bytes: &[u8]) -> Message {
     let answer = Message::from_vec(bytes).expect("the answer parses");
     assert_eq!(answer.metadata.id, query.metadata.id, "id echoed");
-    assert_eq!(answer.metadata.message_type, MessageType::Response, "QR set");
+    assert_eq!(
+        answer.metadata.message_type,
+        MessageType::Response,
+        "QR set"
+    );
     assert_eq!(answer.metadata.op_code, OpCode::Query);
     assert_eq!(answer.queries.len(), query.queries.len(), "question echoed");
     for (a, q) in answer.queries.iter().zip(&query.queries) {
-        assert!(a.name().eq_case(q.name()), "question case echoed: {} vs {}", a.name(), q.name());
+        assert!(
+            a.name().eq_case(q.name()),
+            "question case echoed: {} vs {}",
+            a.name(),
+            q.name()
+        );
         assert_eq!(a.query_type(), q.query_type());
     }
     assert_eq!(
@@ -368,9 +394,16 @@ pub const UPSTREAM_A: [u8; 4] = [203, 0, 113, 53];
 impl FakeUpstream {
     /// Starts one; its threads live until the test process ends.
     pub fn start(mode: UpstreamMode) -> FakeUpstream {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind fake upstream");
-        let addr = udp.local_addr().expect("addr");
-        let tcp = std::net::TcpListener::bind(addr).expect("bind fake upstream TCP");
+        // The UDP port the kernel picks may already be taken for TCP (by a client connection
+        // of another test, say): pick again, as the server itself does.
+        let (udp, addr, tcp) = (0..20)
+            .find_map(|_| {
+                let udp = UdpSocket::bind("127.0.0.1:0").expect("bind fake upstream");
+                let addr = udp.local_addr().expect("addr");
+                let tcp = std::net::TcpListener::bind(addr).ok()?;
+                Some((udp, addr, tcp))
+            })
+            .expect("bind fake upstream UDP and TCP on one port");
         let received = Arc::new(AtomicUsize::new(0));
         let last_question = Arc::new(Mutex::new(None));
         let state = (received.clone(), last_question.clone());
@@ -437,4 +470,54 @@ fn upstream_answer(mode: UpstreamMode, request: &[u8], state: &UpstreamState) ->
         ));
     }
     answer.to_vec().ok()
+}
+
+/// Sends raw bytes over UDP to `addr` from a socket of the same address family (IPv4 or
+/// IPv6 loopback); the raw answer, or `None` after `wait`.
+pub fn udp_raw_to(addr: SocketAddr, packet: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    let local = if addr.is_ipv6() {
+        "[::1]:0"
+    } else {
+        "127.0.0.1:0"
+    };
+    let socket = UdpSocket::bind(local).expect("bind client");
+    socket.set_read_timeout(Some(wait)).expect("timeout");
+    socket.send_to(packet, addr).expect("send");
+    let mut buf = vec![0u8; 65535];
+    match socket.recv(&mut buf) {
+        Ok(len) => Some(buf[..len].to_vec()),
+        Err(_) => None,
+    }
+}
+
+/// How a TCP connection ended, as seen by a reader waiting for more bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpEnd {
+    /// The server closed it (FIN).
+    Closed,
+    /// The server reset it (RST), or it broke otherwise.
+    Reset,
+    /// Still open when the read timeout passed.
+    Open,
+    /// The server sent more bytes.
+    Data,
+}
+
+/// Waits (up to the stream's read timeout) for the server to end the connection, without
+/// sending anything; a byte from the server is reported as [`TcpEnd::Data`].
+pub fn wait_tcp_end(stream: &mut TcpStream) -> TcpEnd {
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => TcpEnd::Closed,
+        Ok(_) => TcpEnd::Data,
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            TcpEnd::Open
+        }
+        Err(_) => TcpEnd::Reset,
+    }
 }
