@@ -12,7 +12,7 @@ use clusterdns::ops::{http, metrics::Metrics};
 use clusterdns::server::{self, handler::Handler};
 use clusterdns::source::manifests::ManifestSource;
 use clusterdns::source::{EventSink, SourceEvent};
-use clusterdns::upstream::{Forwarder, resolv_conf};
+use clusterdns::upstream::{Resolver, resolv_conf};
 use clusterdns::zone::{Zone, ZoneConfig};
 use hickory_proto::rr::Name;
 use std::io::{IsTerminal as _, Write as _};
@@ -178,14 +178,19 @@ async fn serve(config: Config) -> Result<()> {
 
     let (upstream_addrs, upstream_config) = upstreams(&config);
     info!(upstreams = ?upstream_addrs, "upstream resolvers");
-    let forwarder = Arc::new(Forwarder::new(
+    let resolver = Resolver::new(
         upstream_addrs,
         &upstream_config,
+        &config.cache,
         metrics.clone(),
-    ));
+    );
+    {
+        let resolver = resolver.clone();
+        metrics.on_scrape(move || resolver.update_metrics());
+    }
     let handler = Arc::new(Handler::new(
         zone.clone(),
-        forwarder,
+        resolver.clone(),
         metrics.clone(),
         config.server.max_udp_payload,
     ));
@@ -216,7 +221,18 @@ async fn serve(config: Config) -> Result<()> {
         (
             "ready",
             config.ready_listen,
-            http::ready_router(zone.clone()),
+            http::ready_router(zone.clone(), {
+                let resolver = resolver.clone();
+                Arc::new(move || {
+                    resolver
+                        .looped_upstreams()
+                        .iter()
+                        .map(|addr| {
+                            format!("upstream {addr} loops back to this server and is not used")
+                        })
+                        .collect()
+                })
+            }),
         ),
     ];
     let mut http_bound = Vec::new();
@@ -235,6 +251,12 @@ async fn serve(config: Config) -> Result<()> {
     }
     for (kind, addr) in http_bound {
         announce(kind, addr);
+    }
+
+    // Only now that our own sockets answer can a probe that loops back to us be recognised.
+    {
+        let resolver = resolver.clone();
+        tasks.spawn(async move { resolver.check_loops().await });
     }
 
     shutdown_signal().await;

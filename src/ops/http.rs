@@ -35,23 +35,33 @@ pub fn health_router() -> Router {
     Router::new().route("/health", get(|| async { "OK" }))
 }
 
+/// Lines of detail appended to the `/ready` body: degraded states that do not make the
+/// server unready (it still answers the cluster zone) but that an operator must see.
+pub type ReadyDetail = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
 /// The router of the readiness listener: 200 once the zone has its initial data, 503 before
 /// (kube-proxy then keeps the pod out of the DNS Service until it can answer for the cluster).
-pub fn ready_router(zone: Arc<Zone>) -> Router {
+pub fn ready_router(zone: Arc<Zone>, detail: ReadyDetail) -> Router {
     Router::new().route(
         "/ready",
         get(move || {
             let zone = zone.clone();
+            let detail = detail.clone();
             async move {
-                if zone.is_synced() {
-                    (StatusCode::OK, "OK").into_response()
+                let (status, head) = if zone.is_synced() {
+                    (StatusCode::OK, "OK")
                 } else {
                     (
                         StatusCode::SERVICE_UNAVAILABLE,
                         "not ready: initial cluster data not loaded yet",
                     )
-                        .into_response()
+                };
+                let mut body = head.to_string();
+                for line in detail() {
+                    body.push('\n');
+                    body.push_str(&line);
                 }
+                (status, body).into_response()
             }
         }),
     )

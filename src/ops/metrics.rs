@@ -62,7 +62,10 @@ pub struct Metrics {
     pub healthcheck_broken: IntCounter,
     /// 1 for an upstream found to loop back to this server (no longer used), by address.
     pub upstream_loop: IntGaugeVec,
+    scrape_hooks: std::sync::Mutex<Vec<ScrapeHook>>,
 }
+
+type ScrapeHook = Box<dyn Fn() + Send + Sync>;
 
 impl Metrics {
     /// Create and register every metric.
@@ -205,11 +208,25 @@ impl Metrics {
                 &["to"],
             ),
             registry,
+            scrape_hooks: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `refresh` before every scrape: for gauges that are cheap to read at scrape time
+    /// but not worth updating on the query path (cache sizes).
+    pub fn on_scrape(&self, refresh: impl Fn() + Send + Sync + 'static) {
+        if let Ok(mut hooks) = self.scrape_hooks.lock() {
+            hooks.push(Box::new(refresh));
         }
     }
 
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
+        if let Ok(hooks) = self.scrape_hooks.lock() {
+            for refresh in hooks.iter() {
+                refresh();
+            }
+        }
         use prometheus::Encoder;
         let mut buf = Vec::new();
         let encoder = prometheus::TextEncoder::new();

@@ -12,7 +12,7 @@
 //! server runs as a task. The handler owns no socket.
 
 use crate::ops::metrics::{Metrics, rcode_label};
-use crate::upstream::Forwarder;
+use crate::upstream::{ForwardError, Resolver, UpstreamAnswer};
 use crate::zone::{Lookup, Zone, ZoneAnswer};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
@@ -114,6 +114,19 @@ impl Response {
         }
     }
 
+    /// An answer from the upstream path (fresh, cached or stale): never authoritative.
+    fn from_upstream(answer: UpstreamAnswer) -> Response {
+        Response {
+            rcode: answer.rcode,
+            authoritative: false,
+            recursion_available: true,
+            answers: answer.answers,
+            authorities: answer.authorities,
+            additionals: answer.additionals,
+            origin: Origin::Upstream,
+        }
+    }
+
     fn from_zone(answer: ZoneAnswer) -> Response {
         Response {
             rcode: answer.rcode,
@@ -130,23 +143,23 @@ impl Response {
 /// Answers queries. Shared by every UDP worker and TCP connection.
 pub struct Handler {
     zone: Arc<Zone>,
-    forwarder: Arc<Forwarder>,
+    upstream: Arc<Resolver>,
     metrics: Arc<Metrics>,
     max_udp_payload: u16,
 }
 
 impl Handler {
-    /// A handler answering from `zone` and forwarding the rest through `forwarder`.
+    /// A handler answering from `zone` and the rest through the `upstream` path.
     /// `max_udp_payload` caps what a client may ask for (and is what we advertise).
     pub fn new(
         zone: Arc<Zone>,
-        forwarder: Arc<Forwarder>,
+        upstream: Arc<Resolver>,
         metrics: Arc<Metrics>,
         max_udp_payload: u16,
     ) -> Handler {
         Handler {
             zone,
-            forwarder,
+            upstream,
             metrics,
             max_udp_payload: max_udp_payload.max(MIN_UDP_PAYLOAD),
         }
@@ -264,23 +277,11 @@ impl Handler {
             chain,
         } = *pending;
         let response = match chain {
-            None => match self.forwarder.forward(&message).await {
-                Ok(upstream) => Response {
-                    rcode: upstream.metadata.response_code,
-                    authoritative: upstream.metadata.authoritative,
-                    recursion_available: upstream.metadata.recursion_available,
-                    answers: upstream.answers,
-                    authorities: upstream.authorities,
-                    additionals: upstream
-                        .additionals
-                        .into_iter()
-                        .filter(|r| r.record_type() != RecordType::OPT)
-                        .collect(),
-                    origin: Origin::Upstream,
-                },
+            None => match self.upstream.resolve(&message).await {
+                Ok(upstream) => Response::from_upstream(upstream),
                 Err(error) => {
-                    debug!(%error, "upstream failed; answering SERVFAIL");
-                    Response::error(ResponseCode::ServFail)
+                    debug!(%error, "upstream path failed");
+                    Response::error(upstream_failure_rcode(&error))
                 }
             },
             Some((zone_part, target)) => {
@@ -310,9 +311,9 @@ impl Handler {
         query.add_query(Query::query(target, qtype));
         query.edns = original.edns.clone();
         let mut response = Response::from_zone(zone_part);
-        match self.forwarder.forward(&query).await {
+        match self.upstream.resolve(&query).await {
             Ok(upstream) => {
-                response.rcode = upstream.metadata.response_code;
+                response.rcode = upstream.rcode;
                 response.answers.extend(upstream.answers);
                 if response.rcode != ResponseCode::NoError || response.answers.len() <= 1 {
                     response.authorities = upstream.authorities;
@@ -320,7 +321,7 @@ impl Handler {
             }
             Err(error) => {
                 debug!(%error, "upstream failed while following an ExternalName CNAME");
-                response.rcode = ResponseCode::ServFail;
+                response.rcode = upstream_failure_rcode(&error);
             }
         }
         response
@@ -376,6 +377,15 @@ impl Handler {
             return encode(&message);
         }
         bytes
+    }
+}
+
+/// The rcode for a question the upstream path could not answer: REFUSED when we shed load
+/// (the client should try another server now), SERVFAIL for everything else.
+fn upstream_failure_rcode(error: &ForwardError) -> ResponseCode {
+    match error {
+        ForwardError::Overloaded => ResponseCode::Refused,
+        _ => ResponseCode::ServFail,
     }
 }
 

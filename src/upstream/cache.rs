@@ -223,16 +223,21 @@ impl Cache {
         }
     }
 
-    /// Stores an upstream answer if it is cacheable, for as long as its TTLs allow.
-    pub fn insert(&self, key: CacheKey, answer: &CachedAnswer, now: Instant) {
+    /// Stores an upstream answer if it is cacheable, for as long as its TTLs allow, and
+    /// returns it as stored (TTLs capped), so the first client sees the TTLs later clients
+    /// will see counted down. `None` when not cached.
+    pub fn insert(
+        &self,
+        key: CacheKey,
+        answer: &CachedAnswer,
+        now: Instant,
+    ) -> Option<CachedAnswer> {
         if !self.enabled() {
-            return;
+            return None;
         }
-        let Some((kind, ttl)) = self.lifetime(answer) else {
-            return;
-        };
+        let (kind, ttl) = self.lifetime(answer)?;
         if ttl == 0 {
-            return;
+            return None;
         }
         let cap = |records: &[Record]| -> Vec<Record> {
             records
@@ -256,6 +261,7 @@ impl Cache {
             hits: AtomicU32::new(0),
             prefetching: AtomicBool::new(false),
         });
+        let as_stored = stored.answer_with(|ttl| ttl);
         // One key lives in one store: a name that turned from NXDOMAIN into an answer (or
         // back) must not leave the old entry behind for serve-stale to find.
         match kind {
@@ -268,6 +274,7 @@ impl Cache {
                 self.denial.insert(key, stored);
             }
         }
+        Some(as_stored)
     }
 
     /// Which cache an answer goes to and its TTL in seconds; `None` if not cacheable.

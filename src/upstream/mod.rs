@@ -297,12 +297,14 @@ impl Resolver {
             return Err(Arc::new(ForwardError::Overloaded));
         };
         let message = self.route(query).forward(query).await.map_err(Arc::new)?;
-        let answer = CachedAnswer::from_message(&message);
+        let mut answer = CachedAnswer::from_message(&message);
         if let Some(key) = key
             && !message.metadata.truncation
+            && let Some(stored) = self
+                .cache
+                .insert(key.clone(), &answer, Instant::now().into_std())
         {
-            self.cache
-                .insert(key.clone(), &answer, Instant::now().into_std());
+            answer = stored;
         }
         Ok(Arc::new(answer))
     }

@@ -376,6 +376,11 @@ pub enum UpstreamMode {
     Answer,
     /// Receive and never answer.
     Silent,
+    /// As `Answer`, but each answer leaves after this many milliseconds.
+    Slow(u64),
+    /// Pass every query on to this address and its answer back: a resolver that leads
+    /// back to the server under test when pointed at it (the forwarding-loop trap).
+    Relay(SocketAddr),
 }
 
 /// A resolver the test runs itself on 127.0.0.1 (UDP and TCP on the same port).
@@ -386,7 +391,13 @@ pub struct FakeUpstream {
     pub received: Arc<AtomicUsize>,
     /// The last question received, as `name type`.
     pub last_question: Arc<Mutex<Option<String>>>,
+    silenced: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// TTL of the SOA a fake upstream sends with NXDOMAIN.
+pub const UPSTREAM_SOA_TTL: u32 = 600;
+/// MINIMUM of that SOA: the negative TTL (RFC 2308: the smaller of the two).
+pub const UPSTREAM_SOA_MINIMUM: u32 = 60;
 
 /// The address every fake upstream answers A queries with.
 pub const UPSTREAM_A: [u8; 4] = [203, 0, 113, 53];
@@ -406,16 +417,22 @@ impl FakeUpstream {
             .expect("bind fake upstream UDP and TCP on one port");
         let received = Arc::new(AtomicUsize::new(0));
         let last_question = Arc::new(Mutex::new(None));
-        let state = (received.clone(), last_question.clone());
+        let silenced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let state = (received.clone(), last_question.clone(), silenced.clone());
+        let udp = Arc::new(udp);
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok((len, peer)) = udp.recv_from(&mut buf) {
-                if let Some(answer) = upstream_answer(mode, &buf[..len], &state) {
-                    let _ = udp.send_to(&answer, peer);
-                }
+                let (request, state, udp) = (buf[..len].to_vec(), state.clone(), udp.clone());
+                // One thread per query, so a slow answer does not hold up the others.
+                std::thread::spawn(move || {
+                    if let Some(answer) = upstream_answer(mode, &request, &state) {
+                        let _ = udp.send_to(&answer, peer);
+                    }
+                });
             }
         });
-        let state = (received.clone(), last_question.clone());
+        let state = (received.clone(), last_question.clone(), silenced.clone());
         std::thread::spawn(move || {
             for stream in tcp.incoming() {
                 let Ok(mut stream) = stream else { continue };
@@ -433,7 +450,13 @@ impl FakeUpstream {
             addr,
             received,
             last_question,
+            silenced,
         }
+    }
+
+    /// From now on, receive and never answer (an upstream that died).
+    pub fn go_silent(&self) {
+        self.silenced.store(true, Ordering::SeqCst);
     }
 
     /// Queries received so far.
@@ -442,25 +465,65 @@ impl FakeUpstream {
     }
 }
 
-type UpstreamState = (Arc<AtomicUsize>, Arc<Mutex<Option<String>>>);
+type UpstreamState = (
+    Arc<AtomicUsize>,
+    Arc<Mutex<Option<String>>>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
 
-fn upstream_answer(mode: UpstreamMode, request: &[u8], state: &UpstreamState) -> Option<Vec<u8>> {
-    let request = Message::from_vec(request).ok()?;
-    state.0.fetch_add(1, Ordering::SeqCst);
+/// The server's startup loop probes are for names under this domain (see
+/// src/upstream/loop_check.rs); a fake upstream answers them without counting them, so
+/// tests count only the questions they caused.
+const LOOP_PROBE_DOMAIN: &str = "clusterdns-loop.invalid.";
+
+fn upstream_answer(mode: UpstreamMode, wire: &[u8], state: &UpstreamState) -> Option<Vec<u8>> {
+    let request = Message::from_vec(wire).ok()?;
     let question = request.queries.first()?.clone();
-    if let Ok(mut last) = state.1.lock() {
-        *last = Some(format!("{} {}", question.name(), question.query_type()));
+    if let UpstreamMode::Relay(target) = mode {
+        let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
+        socket.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        socket.send_to(wire, target).ok()?;
+        let mut buf = vec![0u8; 65535];
+        let len = socket.recv(&mut buf).ok()?;
+        return Some(buf[..len].to_vec());
     }
-    if mode == UpstreamMode::Silent {
+    let probe = Name::from_ascii(LOOP_PROBE_DOMAIN)
+        .expect("valid")
+        .zone_of(question.name());
+    if !probe {
+        state.0.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut last) = state.1.lock() {
+            *last = Some(format!("{} {}", question.name(), question.query_type()));
+        }
+    }
+    if state.2.load(Ordering::SeqCst) {
         return None;
+    }
+    match mode {
+        UpstreamMode::Silent => return None,
+        UpstreamMode::Slow(ms) => std::thread::sleep(Duration::from_millis(ms)),
+        _ => {}
     }
     let mut answer = Message::response(request.metadata.id, request.metadata.op_code);
     answer.metadata.recursion_desired = request.metadata.recursion_desired;
     answer.metadata.recursion_available = true;
     answer.queries = request.queries.clone();
     let nx = Name::from_str("nx.example.org.").expect("valid");
-    if nx.zone_of(question.name()) {
+    if probe || nx.zone_of(question.name()) {
         answer.metadata.response_code = hickory_proto::op::ResponseCode::NXDomain;
+        answer.authorities.push(Record::from_rdata(
+            nx.clone(),
+            UPSTREAM_SOA_TTL,
+            RData::SOA(hickory_proto::rr::rdata::SOA::new(
+                Name::from_ascii("ns.example.org.").expect("valid"),
+                Name::from_ascii("hostmaster.example.org.").expect("valid"),
+                1,
+                7200,
+                1800,
+                86400,
+                UPSTREAM_SOA_MINIMUM,
+            )),
+        ));
     } else if question.query_type() == RecordType::A {
         let [a, b, c, d] = UPSTREAM_A;
         answer.answers.push(Record::from_rdata(
