@@ -587,9 +587,12 @@ impl Zone {
                         .inc();
                     return;
                 };
-                if !name::is_valid_label(&key.namespace) && key.kind != ObjectKind::Namespace
-                    || !name::is_valid_label(&key.name)
-                {
+                // Namespace and Service names become labels of the zone; Pod and EndpointSlice
+                // names never do (they may be dotted subdomains), only their namespace does.
+                let name_is_label = matches!(key.kind, ObjectKind::Service | ObjectKind::Namespace);
+                let namespace_ok =
+                    key.kind == ObjectKind::Namespace || name::is_valid_label(&key.namespace);
+                if !namespace_ok || (name_is_label && !name::is_valid_label(&key.name)) {
                     self.reject(key.kind, &key, Rejection::InvalidName);
                     return;
                 }
