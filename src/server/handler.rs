@@ -11,34 +11,22 @@
 //! socket's task, and only a question that needs the upstream becomes a [`Pending`] that the
 //! server runs as a task. The handler owns no socket.
 
-use crate::ops::metrics::{Metrics, rcode_label};
+use crate::ops::metrics::Metrics;
+use crate::ops::query_metrics::{AnsweredBy, QueryMetrics};
 use crate::upstream::{ForwardError, Resolver, UpstreamAnswer};
 use crate::zone::{Lookup, Zone, ZoneAnswer};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 use std::sync::Arc;
+use std::time::Instant;
 use tracing::debug;
 
 /// The smallest payload every DNS client accepts over UDP (RFC 1035 section 4.2.1).
 pub const MIN_UDP_PAYLOAD: u16 = 512;
 
-/// How the query arrived: it sets the size limit of the answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    /// UDP: answers are limited to the client's payload size and truncated beyond it.
-    Udp,
-    /// TCP: answers are complete.
-    Tcp,
-}
-
-impl Transport {
-    fn label(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        }
-    }
-}
+/// How the query arrived: it sets the size limit of the answer (UDP answers are limited to
+/// the client's payload size and truncated beyond it; TCP answers are complete).
+pub use crate::ops::query_metrics::Proto as Transport;
 
 /// What to do with one received packet.
 pub enum Outcome {
@@ -61,33 +49,18 @@ struct Request {
     /// The client's EDNS, if it sent one: the response then carries ours.
     edns: Option<Edns>,
     transport: Transport,
+    /// When the packet arrived: the start of `coredns_dns_request_duration_seconds`.
+    started: Instant,
 }
 
 /// A question waiting for the upstream.
 pub struct Pending {
+    listener: Arc<QueryMetrics>,
     request: Request,
     message: Message,
     /// Set when a CNAME chain from the zone left it: the upstream is asked for the target and
     /// its answer is appended to the zone's part.
     chain: Option<(ZoneAnswer, Name)>,
-}
-
-/// Where an answer came from, the `plugin` label of `coredns_dns_responses_total`.
-#[derive(Clone, Copy)]
-enum Origin {
-    Zone,
-    Upstream,
-    Server,
-}
-
-impl Origin {
-    fn label(self) -> &'static str {
-        match self {
-            Origin::Zone => "kubernetes",
-            Origin::Upstream => "forward",
-            Origin::Server => "",
-        }
-    }
 }
 
 /// The answer to build, whatever path produced it.
@@ -98,7 +71,7 @@ struct Response {
     answers: Vec<Record>,
     authorities: Vec<Record>,
     additionals: Vec<Record>,
-    origin: Origin,
+    origin: AnsweredBy,
 }
 
 impl Response {
@@ -110,7 +83,7 @@ impl Response {
             answers: Vec::new(),
             authorities: Vec::new(),
             additionals: Vec::new(),
-            origin: Origin::Server,
+            origin: AnsweredBy::Server,
         }
     }
 
@@ -123,7 +96,7 @@ impl Response {
             answers: answer.answers,
             authorities: answer.authorities,
             additionals: answer.additionals,
-            origin: Origin::Upstream,
+            origin: AnsweredBy::Upstream,
         }
     }
 
@@ -135,7 +108,7 @@ impl Response {
             answers: answer.answers,
             authorities: answer.authorities,
             additionals: answer.additionals,
-            origin: Origin::Zone,
+            origin: AnsweredBy::Zone,
         }
     }
 }
@@ -187,16 +160,16 @@ impl Handler {
     /// | in the zone, before the first sync      | SERVFAIL          |
     /// | in the zone                             | the zone's answer |
     /// | anywhere else                           | the upstream's    |
-    pub fn handle(&self, packet: &[u8], transport: Transport) -> Outcome {
-        self.metrics
-            .requests
-            .with_label_values(&[transport.label()])
-            .inc();
+    pub fn handle(&self, packet: &[u8], listener: &Arc<QueryMetrics>) -> Outcome {
+        let started = Instant::now();
+        let transport = listener.proto();
         if packet.len() < 12 {
+            listener.request(None, packet.len(), false);
             self.malformed("short");
             return Outcome::Drop;
         }
         if packet[2] & 0x80 != 0 {
+            listener.request(None, packet.len(), false);
             self.malformed("response");
             return Outcome::Drop;
         }
@@ -208,17 +181,26 @@ impl Handler {
             query: None,
             edns: None,
             transport,
+            started,
         };
         let message = match Message::from_vec(packet) {
             Ok(message) => message,
             Err(error) => {
                 debug!(%error, "undecodable query");
+                listener.request(None, packet.len(), false);
                 self.malformed("undecodable");
-                return Outcome::Reply(
-                    self.respond(&header_request, Response::error(ResponseCode::FormErr)),
-                );
+                return Outcome::Reply(self.respond(
+                    listener,
+                    &header_request,
+                    Response::error(ResponseCode::FormErr),
+                ));
             }
         };
+        listener.request(
+            message.queries.first().map(|q| q.query_type()),
+            packet.len(),
+            message.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+        );
         let mut request = Request {
             edns: message.edns.clone(),
             ..header_request
@@ -226,41 +208,69 @@ impl Handler {
         if message.metadata.op_code != OpCode::Query {
             self.malformed("opcode");
             request.query = message.queries.first().cloned();
-            return Outcome::Reply(self.respond(&request, Response::error(ResponseCode::NotImp)));
+            return Outcome::Reply(self.respond(
+                listener,
+                &request,
+                Response::error(ResponseCode::NotImp),
+            ));
         }
         if message.queries.len() != 1 {
             self.malformed("qdcount");
-            return Outcome::Reply(self.respond(&request, Response::error(ResponseCode::FormErr)));
+            return Outcome::Reply(self.respond(
+                listener,
+                &request,
+                Response::error(ResponseCode::FormErr),
+            ));
         }
         let query = message.queries[0].clone();
         request.query = Some(query.clone());
         if message.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            return Outcome::Reply(self.respond(&request, Response::error(ResponseCode::BADVERS)));
+            return Outcome::Reply(self.respond(
+                listener,
+                &request,
+                Response::error(ResponseCode::BADVERS),
+            ));
         }
         if !matches!(query.query_class(), DNSClass::IN) {
-            return Outcome::Reply(self.respond(&request, Response::error(ResponseCode::Refused)));
+            return Outcome::Reply(self.respond(
+                listener,
+                &request,
+                Response::error(ResponseCode::Refused),
+            ));
         }
         match self.zone.lookup(query.name(), query.query_type()) {
             Lookup::Answer(answer) => match answer.external_target.clone() {
                 Some(target) => Outcome::Upstream(Box::new(Pending {
+                    listener: listener.clone(),
                     request,
                     message,
                     chain: Some((answer, target)),
                 })),
-                None => Outcome::Reply(self.respond(&request, Response::from_zone(answer))),
+                None => {
+                    Outcome::Reply(self.respond(listener, &request, Response::from_zone(answer)))
+                }
             },
-            Lookup::NotSynced => {
-                Outcome::Reply(self.respond(&request, Response::error(ResponseCode::ServFail)))
-            }
-            Lookup::Refused => {
-                Outcome::Reply(self.respond(&request, Response::error(ResponseCode::Refused)))
-            }
+            Lookup::NotSynced => Outcome::Reply(self.respond(
+                listener,
+                &request,
+                Response::error(ResponseCode::ServFail),
+            )),
+            Lookup::Refused => Outcome::Reply(self.respond(
+                listener,
+                &request,
+                Response::error(ResponseCode::Refused),
+            )),
             Lookup::NotOurs
                 if matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR) =>
             {
-                Outcome::Reply(self.respond(&request, Response::error(ResponseCode::Refused)))
+                Outcome::Reply(self.respond(
+                    listener,
+                    &request,
+                    Response::error(ResponseCode::Refused),
+                ))
             }
             Lookup::NotOurs => Outcome::Upstream(Box::new(Pending {
+                listener: listener.clone(),
                 request,
                 message,
                 chain: None,
@@ -272,6 +282,7 @@ impl Handler {
     /// no upstream answered before the deadline, never silence.
     pub async fn finish(&self, pending: Box<Pending>) -> Vec<u8> {
         let Pending {
+            listener,
             request,
             message,
             chain,
@@ -289,7 +300,7 @@ impl Handler {
                     .await
             }
         };
-        self.respond(&request, response)
+        self.respond(&listener, &request, response)
     }
 
     /// An ExternalName's CNAME left the zone: ask the upstream for the target and include the
@@ -342,11 +353,20 @@ impl Handler {
     /// Builds the wire answer. Every path ends here, so flags, EDNS and truncation are decided
     /// once: a UDP answer over the limit goes out with TC and empty sections (RFC 2181 9,
     /// RFC 7766 5) so the client retries over TCP.
-    fn respond(&self, request: &Request, response: Response) -> Vec<u8> {
-        self.metrics
-            .responses
-            .with_label_values(&[rcode_label(response.rcode), response.origin.label()])
-            .inc();
+    fn respond(&self, listener: &QueryMetrics, request: &Request, response: Response) -> Vec<u8> {
+        let (rcode, by) = (response.rcode, response.origin);
+        let bytes = self.encode_response(request, response);
+        listener.response(
+            request.query.as_ref().map(|q| q.query_type()),
+            rcode,
+            by,
+            bytes.len(),
+            request.started,
+        );
+        bytes
+    }
+
+    fn encode_response(&self, request: &Request, response: Response) -> Vec<u8> {
         let mut message = Message::response(request.id, request.op_code);
         message.metadata.message_type = MessageType::Response;
         message.metadata.recursion_desired = request.recursion_desired;

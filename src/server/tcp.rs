@@ -1,8 +1,8 @@
 //! TCP: length-prefixed messages (RFC 1035 4.2.2), several queries per connection answered
 //! as they complete (pipelining, RFC 7766 6.2.1.1), an idle timeout, and a cap on connections.
 
-use super::handler::{Handler, Outcome, Transport};
-use crate::ops::metrics::Metrics;
+use super::handler::{Handler, Outcome};
+use crate::ops::query_metrics::QueryMetrics;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,7 +28,7 @@ pub struct TcpLimits {
 pub async fn serve(
     listener: TcpListener,
     handler: Arc<Handler>,
-    metrics: Arc<Metrics>,
+    listener_metrics: Arc<QueryMetrics>,
     limits: TcpLimits,
     cancel: CancellationToken,
 ) {
@@ -47,7 +47,7 @@ pub async fn serve(
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics.tcp_connections_rejected.inc();
+            listener_metrics.all().tcp_connections_rejected.inc();
             debug!(%peer, "TCP connection refused: max_tcp_connections reached");
             drop(stream);
             continue;
@@ -55,8 +55,9 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let cancel = cancel.clone();
+        let listener_metrics = listener_metrics.clone();
         tokio::spawn(async move {
-            connection(stream, handler, limits, cancel).await;
+            connection(stream, handler, listener_metrics, limits, cancel).await;
             drop(slot);
         });
     }
@@ -79,6 +80,7 @@ enum End {
 async fn connection(
     stream: TcpStream,
     handler: Arc<Handler>,
+    listener_metrics: Arc<QueryMetrics>,
     limits: TcpLimits,
     cancel: CancellationToken,
 ) {
@@ -110,7 +112,15 @@ async fn connection(
             Ok(Ok(()))
         )
     });
-    let end = read_queries(&mut reader, &tx, &handler, limits, &cancel).await;
+    let end = read_queries(
+        &mut reader,
+        &tx,
+        &handler,
+        &listener_metrics,
+        limits,
+        &cancel,
+    )
+    .await;
     // Answers still being resolved upstream hold a sender; the writer finishes them first.
     drop(tx);
     let flushed = writer_task.await.unwrap_or(false);
@@ -135,6 +145,7 @@ async fn read_queries(
     reader: &mut OwnedReadHalf,
     tx: &mpsc::Sender<Vec<u8>>,
     handler: &Arc<Handler>,
+    listener_metrics: &Arc<QueryMetrics>,
     limits: TcpLimits,
     cancel: &CancellationToken,
 ) -> End {
@@ -158,7 +169,7 @@ async fn read_queries(
             Ok(Ok(_)) => {}
             Ok(Err(_)) | Err(_) => return End::Done,
         }
-        match handler.handle(&buf, Transport::Tcp) {
+        match handler.handle(&buf, listener_metrics) {
             Outcome::Reply(bytes) => {
                 if tx.send(bytes).await.is_err() {
                     return End::Done;

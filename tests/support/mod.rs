@@ -224,19 +224,49 @@ impl Drop for Server {
     }
 }
 
-/// One sample of a Prometheus text exposition (0 when absent).
+/// The sum of the samples of metric `name` whose labels include every `key="value"` pair of
+/// `labels` (comma-separated, as Prometheus prints them; "" matches every series). 0 when
+/// none match. A subset, so tests need not spell labels they do not care about (`server`,
+/// `zone`, ...), and an exact label set still selects exactly its one series.
 pub fn metric_value(text: &str, name: &str, labels: &str) -> f64 {
-    let wanted = if labels.is_empty() {
-        name.to_string()
-    } else {
-        format!("{name}{{{labels}}}")
-    };
+    let wanted: Vec<&str> = split_labels(labels);
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.rsplit_once(' '))
-        .find(|(series, _)| *series == wanted)
-        .map(|(_, value)| value.parse().expect("numeric sample"))
-        .unwrap_or(0.0)
+        .filter_map(|(series, value)| {
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}').unwrap_or(rest)),
+                None => (series, ""),
+            };
+            (series_name == name).then_some((series_labels, value))
+        })
+        .filter(|(series_labels, _)| {
+            let have = split_labels(series_labels);
+            wanted.iter().all(|w| have.contains(w))
+        })
+        .map(|(_, value)| value.parse::<f64>().expect("numeric sample"))
+        .sum()
+}
+
+/// `a="x",b="y,z"` -> [`a="x"`, `b="y,z"`] (commas inside quotes are kept).
+fn split_labels(labels: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in labels.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(labels[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    let last = labels[start..].trim();
+    if !last.is_empty() {
+        out.push(last);
+    }
+    out
 }
 
 /// A GET over a plain HTTP/1.1 connection: (status, body).
