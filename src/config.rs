@@ -80,6 +80,57 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// The `[cache]` table: the cache of upstream answers.
     pub cache: CacheConfig,
+    /// The `[log]` table: log format and the query log.
+    pub log: LogConfig,
+    /// On SIGTERM, how long DNS keeps answering while /health and /ready say 503, so
+    /// kube-proxy takes the pod out of the Service before it stops (CoreDNS `lameduck`).
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub lameduck: Duration,
+}
+
+/// The `[log]` table.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (one human-readable line per event) or `json` (one JSON object per line).
+    pub format: LogFormat,
+    /// One log line per query (client, name, type, rcode, duration, source), like CoreDNS's
+    /// `log` plugin. Off by default: at cluster rates it is a firehose.
+    pub queries: bool,
+    /// Fraction of queries logged when `queries` is on (0.0..=1.0).
+    #[serde(deserialize_with = "de_fraction")]
+    pub query_sample: f64,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            format: LogFormat::Text,
+            queries: false,
+            query_sample: 1.0,
+        }
+    }
+}
+
+fn de_fraction<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let value = f64::deserialize(d)?;
+    if !(0.0..=1.0).contains(&value) {
+        return Err(de::Error::custom(format!(
+            "invalid fraction {value}: must be between 0.0 and 1.0"
+        )));
+    }
+    Ok(value)
 }
 
 /// The `[cache]` table: what is kept of upstream answers, and for how long.
@@ -235,6 +286,8 @@ impl Default for Config {
             server: ServerConfig::default(),
             upstream: UpstreamConfig::default(),
             cache: CacheConfig::default(),
+            log: LogConfig::default(),
+            lameduck: Duration::from_secs(5),
         }
     }
 }
@@ -505,6 +558,17 @@ impl Config {
                 }
             );
         }
+        let _ = writeln!(
+            out,
+            "logs:              {:?}, query log {}",
+            self.log.format,
+            if self.log.queries {
+                format!("on ({}% of queries)", self.log.query_sample * 100.0)
+            } else {
+                "off".to_string()
+            }
+        );
+        let _ = writeln!(out, "lameduck:          {}", format_duration(self.lameduck));
         let _ = writeln!(out, "metrics listen:    {}", http(self.metrics_listen));
         let _ = writeln!(out, "health listen:     {}", http(self.health_listen));
         let _ = writeln!(out, "ready listen:      {}", http(self.ready_listen));
@@ -579,6 +643,13 @@ pub struct ServeArgs {
     /// resolv.conf to take upstreams from when none are given [default: /etc/resolv.conf].
     #[arg(long, value_name = "FILE")]
     pub resolv_conf: Option<PathBuf>,
+    /// Log format [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Seconds DNS keeps answering after SIGTERM while /health and /ready say 503
+    /// [default: 5s], e.g. "5s", "0s".
+    #[arg(long, value_name = "DURATION")]
+    pub lameduck: Option<String>,
 }
 
 impl ServeArgs {
@@ -633,6 +704,12 @@ impl ServeArgs {
         }
         if let Some(path) = &self.resolv_conf {
             config.resolv_conf = path.clone();
+        }
+        if let Some(format) = self.log_format {
+            config.log.format = format;
+        }
+        if let Some(lameduck) = &self.lameduck {
+            config.lameduck = parse_duration(lameduck).map_err(flag("--lameduck"))?;
         }
         Ok(config)
     }

@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use clusterdns::config::{Config, ServeArgs};
+use clusterdns::config::{Config, LogFormat, ServeArgs};
 use clusterdns::ops::{http, metrics::Metrics};
 use clusterdns::server::{self, handler::Handler};
 use clusterdns::source::manifests::ManifestSource;
@@ -59,7 +59,6 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve(args) => {
-            init_tracing();
             let config = match args.resolve() {
                 Ok(config) => config,
                 Err(error) => {
@@ -67,6 +66,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            init_tracing(config.log.format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -89,14 +89,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 /// Announces a bound listener on stdout: tests and scripts read the real port from here.
@@ -188,12 +190,17 @@ async fn serve(config: Config) -> Result<()> {
         let resolver = resolver.clone();
         metrics.on_scrape(move || resolver.update_metrics());
     }
-    let handler = Arc::new(Handler::new(
+    let mut handler = Handler::new(
         zone.clone(),
         resolver.clone(),
         metrics.clone(),
         config.server.max_udp_payload,
-    ));
+    );
+    if config.log.queries {
+        handler = handler.with_query_log(config.log.query_sample);
+    }
+    let handler = Arc::new(handler);
+    let lifecycle = Arc::new(http::Lifecycle::default());
 
     let mut listeners = Vec::new();
     for addr in &config.listen {
@@ -202,12 +209,14 @@ async fn serve(config: Config) -> Result<()> {
         listeners.push(listener);
     }
     let bound: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect();
+    // DNS stops after lameduck; HTTP and the sources only after that.
+    let dns_cancel = CancellationToken::new();
     let mut dns_tasks = server::spawn(
         listeners,
-        handler,
+        handler.clone(),
         metrics.clone(),
         &config.server,
-        cancel.clone(),
+        dns_cancel.clone(),
     )
     .context("cannot start the DNS listeners")?;
 
@@ -217,11 +226,15 @@ async fn serve(config: Config) -> Result<()> {
             config.metrics_listen,
             http::metrics_router(metrics.clone()),
         ),
-        ("health", config.health_listen, http::health_router()),
+        (
+            "health",
+            config.health_listen,
+            http::health_router(lifecycle.clone()),
+        ),
         (
             "ready",
             config.ready_listen,
-            http::ready_router(zone.clone(), {
+            http::ready_router(zone.clone(), lifecycle.clone(), {
                 let resolver = resolver.clone();
                 Arc::new(move || {
                     resolver
@@ -260,10 +273,23 @@ async fn serve(config: Config) -> Result<()> {
     }
 
     shutdown_signal().await;
-    info!("shutting down");
-    cancel.cancel();
+    // Lameduck: say we are going while still answering, so kube-proxy takes this pod out of
+    // the Service before its sockets close and no client sees a refused query.
+    lifecycle.stop();
+    info!(lameduck = ?config.lameduck, "SIGTERM: /health and /ready now 503; DNS keeps answering until lameduck ends");
+    tokio::time::sleep(config.lameduck).await;
+    info!("lameduck over: closing the DNS listeners and draining");
+    dns_cancel.cancel();
     while dns_tasks.join_next().await.is_some() {}
+    // Questions still waiting on an upstream get their answer (bounded by the upstream
+    // deadline) before the process goes.
+    let drain_until = tokio::time::Instant::now() + upstream_config.deadline;
+    while handler.in_flight() > 0 && tokio::time::Instant::now() < drain_until {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    cancel.cancel();
     tasks.abort_all();
+    info!("stopped");
     Ok(())
 }
 

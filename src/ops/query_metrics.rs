@@ -85,7 +85,8 @@ pub enum Proto {
 }
 
 impl Proto {
-    fn label(self) -> &'static str {
+    /// `udp` or `tcp`.
+    pub fn label(self) -> &'static str {
         match self {
             Proto::Udp => "udp",
             Proto::Tcp => "tcp",

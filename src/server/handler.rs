@@ -17,6 +17,7 @@ use crate::upstream::{ForwardError, Resolver, UpstreamAnswer};
 use crate::zone::{Lookup, Zone, ZoneAnswer};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::debug;
@@ -51,6 +52,8 @@ struct Request {
     transport: Transport,
     /// When the packet arrived: the start of `coredns_dns_request_duration_seconds`.
     started: Instant,
+    /// Who asked (for the query log).
+    peer: SocketAddr,
 }
 
 /// A question waiting for the upstream.
@@ -72,6 +75,8 @@ struct Response {
     authorities: Vec<Record>,
     additionals: Vec<Record>,
     origin: AnsweredBy,
+    /// For the query log: `zone`, `upstream`, `cache`, `stale` or `server`.
+    source: &'static str,
 }
 
 impl Response {
@@ -84,11 +89,13 @@ impl Response {
             authorities: Vec::new(),
             additionals: Vec::new(),
             origin: AnsweredBy::Server,
+            source: "server",
         }
     }
 
     /// An answer from the upstream path (fresh, cached or stale): never authoritative.
-    fn from_upstream(answer: UpstreamAnswer) -> Response {
+    fn from_upstream(upstream: UpstreamAnswer) -> Response {
+        let answer = upstream.answer;
         Response {
             rcode: answer.rcode,
             authoritative: false,
@@ -97,6 +104,7 @@ impl Response {
             authorities: answer.authorities,
             additionals: answer.additionals,
             origin: AnsweredBy::Upstream,
+            source: upstream.served.label(),
         }
     }
 
@@ -109,6 +117,7 @@ impl Response {
             authorities: answer.authorities,
             additionals: answer.additionals,
             origin: AnsweredBy::Zone,
+            source: "zone",
         }
     }
 }
@@ -119,6 +128,55 @@ pub struct Handler {
     upstream: Arc<Resolver>,
     metrics: Arc<Metrics>,
     max_udp_payload: u16,
+    query_log: Option<QueryLog>,
+    /// Questions waiting on the upstream path right now (shutdown waits for them).
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts one question in flight for as long as it lives (also if its task is dropped).
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a std::sync::atomic::AtomicUsize) -> InFlight<'a> {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The optional query log: one `clusterdns::query` event per answered query.
+struct QueryLog {
+    sample: f64,
+}
+
+impl QueryLog {
+    fn sampled(&self) -> bool {
+        self.sample >= 1.0 || rand::random::<f64>() < self.sample
+    }
+
+    fn write(&self, request: &Request, rcode: ResponseCode, source: &str, size: usize) {
+        let (name, qtype) = match &request.query {
+            Some(q) => (q.name().to_string(), q.query_type().to_string()),
+            None => ("-".to_string(), "-".to_string()),
+        };
+        tracing::info!(
+            target: "clusterdns::query",
+            client = %request.peer,
+            name = %name,
+            r#type = %qtype,
+            proto = request.transport.label(),
+            rcode = crate::ops::metrics::rcode_label(rcode),
+            source,
+            size,
+            duration_us = request.started.elapsed().as_micros() as u64,
+            "query"
+        );
+    }
 }
 
 impl Handler {
@@ -135,7 +193,20 @@ impl Handler {
             upstream,
             metrics,
             max_udp_payload: max_udp_payload.max(MIN_UDP_PAYLOAD),
+            query_log: None,
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// Questions waiting on the upstream path right now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Logs one line per query (a `sample` fraction of them), like CoreDNS's `log` plugin.
+    pub fn with_query_log(mut self, sample: f64) -> Handler {
+        self.query_log = Some(QueryLog { sample });
+        self
     }
 
     fn malformed(&self, reason: &str) {
@@ -160,7 +231,7 @@ impl Handler {
     /// | in the zone, before the first sync      | SERVFAIL          |
     /// | in the zone                             | the zone's answer |
     /// | anywhere else                           | the upstream's    |
-    pub fn handle(&self, packet: &[u8], listener: &Arc<QueryMetrics>) -> Outcome {
+    pub fn handle(&self, packet: &[u8], peer: SocketAddr, listener: &Arc<QueryMetrics>) -> Outcome {
         let started = Instant::now();
         let transport = listener.proto();
         if packet.len() < 12 {
@@ -182,6 +253,7 @@ impl Handler {
             edns: None,
             transport,
             started,
+            peer,
         };
         let message = match Message::from_vec(packet) {
             Ok(message) => message,
@@ -281,6 +353,7 @@ impl Handler {
     /// Completes a question that needed the upstream. Always yields an answer: SERVFAIL when
     /// no upstream answered before the deadline, never silence.
     pub async fn finish(&self, pending: Box<Pending>) -> Vec<u8> {
+        let _in_flight = InFlight::enter(&self.in_flight);
         let Pending {
             listener,
             request,
@@ -324,6 +397,8 @@ impl Handler {
         let mut response = Response::from_zone(zone_part);
         match self.upstream.resolve(&query).await {
             Ok(upstream) => {
+                response.source = upstream.served.label();
+                let upstream = upstream.answer;
                 response.rcode = upstream.rcode;
                 response.answers.extend(upstream.answers);
                 if response.rcode != ResponseCode::NoError || response.answers.len() <= 1 {
@@ -354,7 +429,7 @@ impl Handler {
     /// once: a UDP answer over the limit goes out with TC and empty sections (RFC 2181 9,
     /// RFC 7766 5) so the client retries over TCP.
     fn respond(&self, listener: &QueryMetrics, request: &Request, response: Response) -> Vec<u8> {
-        let (rcode, by) = (response.rcode, response.origin);
+        let (rcode, by, source) = (response.rcode, response.origin, response.source);
         let bytes = self.encode_response(request, response);
         listener.response(
             request.query.as_ref().map(|q| q.query_type()),
@@ -363,6 +438,11 @@ impl Handler {
             bytes.len(),
             request.started,
         );
+        if let Some(log) = &self.query_log
+            && log.sampled()
+        {
+            log.write(request, rcode, source, bytes.len());
+        }
         bytes
     }
 

@@ -57,7 +57,7 @@ pub async fn serve(
         let cancel = cancel.clone();
         let listener_metrics = listener_metrics.clone();
         tokio::spawn(async move {
-            connection(stream, handler, listener_metrics, limits, cancel).await;
+            connection(stream, peer, handler, listener_metrics, limits, cancel).await;
             drop(slot);
         });
     }
@@ -79,6 +79,7 @@ enum End {
 /// asks and never reads would otherwise hold its slot (and a task) forever.
 async fn connection(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     handler: Arc<Handler>,
     listener_metrics: Arc<QueryMetrics>,
     limits: TcpLimits,
@@ -114,6 +115,7 @@ async fn connection(
     });
     let end = read_queries(
         &mut reader,
+        peer,
         &tx,
         &handler,
         &listener_metrics,
@@ -143,6 +145,7 @@ async fn connection(
 /// Reads and answers length-prefixed queries until the connection should end.
 async fn read_queries(
     reader: &mut OwnedReadHalf,
+    peer: std::net::SocketAddr,
     tx: &mpsc::Sender<Vec<u8>>,
     handler: &Arc<Handler>,
     listener_metrics: &Arc<QueryMetrics>,
@@ -169,7 +172,7 @@ async fn read_queries(
             Ok(Ok(_)) => {}
             Ok(Err(_)) | Err(_) => return End::Done,
         }
-        match handler.handle(&buf, listener_metrics) {
+        match handler.handle(&buf, peer, listener_metrics) {
             Outcome::Reply(bytes) => {
                 if tx.send(bytes).await.is_err() {
                     return End::Done;

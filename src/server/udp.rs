@@ -35,7 +35,7 @@ pub async fn serve(
         // A bug triggered by one packet must not end the worker (and with it a share of the
         // port's traffic, spread by SO_REUSEPORT): drop that packet and go on.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            handler.handle(&buf[..len], &listener_metrics)
+            handler.handle(&buf[..len], peer, &listener_metrics)
         }));
         let outcome = match outcome {
             Ok(outcome) => outcome,

@@ -58,9 +58,41 @@ pub enum ForwardError {
     Overloaded,
 }
 
-/// What the upstream path answers: the upstream's rcode and sections, fresh, from the cache
-/// or (when every upstream failed) stale.
-pub type UpstreamAnswer = CachedAnswer;
+/// What the upstream path answers: the upstream's rcode and sections, and where they came
+/// from.
+#[derive(Clone, Debug)]
+pub struct UpstreamAnswer {
+    /// Rcode and sections.
+    pub answer: CachedAnswer,
+    /// Fresh from an upstream, from the cache, or stale.
+    pub served: Served,
+}
+
+/// Where an upstream-path answer came from (the query log's `source`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// Asked an upstream for this query (or shared an identical one in flight).
+    Upstream,
+    /// A live cache entry.
+    Cache,
+    /// An expired cache entry, because every upstream failed (RFC 8767).
+    Stale,
+}
+
+impl Served {
+    /// The query log's name for it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Served::Upstream => "upstream",
+            Served::Cache => "cache",
+            Served::Stale => "stale",
+        }
+    }
+}
+
+fn served(answer: CachedAnswer, served: Served) -> UpstreamAnswer {
+    UpstreamAnswer { answer, served }
+}
 
 /// The outcome shared by every client waiting on one in-flight question.
 type Shared = Option<Result<Arc<CachedAnswer>, Arc<ForwardError>>>;
@@ -212,15 +244,19 @@ impl Resolver {
         {
             // Our own probe came back: answer it here, forwarding it would go round forever.
             self.loop_detected(index);
-            return Ok(UpstreamAnswer {
+            let answer = CachedAnswer {
                 rcode: hickory_proto::op::ResponseCode::NXDomain,
                 answers: Vec::new(),
                 authorities: Vec::new(),
                 additionals: Vec::new(),
-            });
+            };
+            return Ok(served(answer, Served::Upstream));
         }
         let Some(key) = CacheKey::of(query) else {
-            return self.fetch(None, query).await.map(|a| (*a).clone());
+            return self
+                .fetch(None, query)
+                .await
+                .map(|a| served((*a).clone(), Served::Upstream));
         };
         let stale = match self.cache.get(&key, Instant::now().into_std()) {
             Lookup::Fresh { answer, prefetch } => {
@@ -232,18 +268,18 @@ impl Resolver {
                         let _ = this.shared_fetch(key, &query).await;
                     });
                 }
-                return Ok(answer);
+                return Ok(served(answer, Served::Cache));
             }
             Lookup::Stale(answer) => Some(answer),
             Lookup::Miss => None,
         };
         match self.shared_fetch(key, query).await {
-            Ok(answer) => Ok((*answer).clone()),
+            Ok(answer) => Ok(served((*answer).clone(), Served::Upstream)),
             Err(error) => match stale {
                 Some(answer) => {
                     self.metrics.cache_served_stale.inc();
                     debug!(%error, "every upstream failed; serving a stale answer");
-                    Ok(answer)
+                    Ok(served(answer, Served::Stale))
                 }
                 None => Err(error),
             },
