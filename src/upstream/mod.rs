@@ -20,6 +20,7 @@ pub mod resolv_conf;
 
 use crate::config::{CacheConfig, Policy, UpstreamConfig};
 use crate::ops::metrics::Metrics;
+use crate::ops::throttle::Throttle;
 use cache::{Cache, CacheKey, CachedAnswer, Lookup};
 use dashmap::DashMap;
 use hickory_proto::op::Message;
@@ -365,6 +366,8 @@ struct UpstreamState {
     down: AtomicBool,
     /// Leads back to this server: never used again.
     looped: AtomicBool,
+    /// Failed tries, reported at most every 10 s.
+    failures: Throttle,
 }
 
 /// Forwards questions to one list of upstream resolvers (the default list, or the resolvers
@@ -399,6 +402,7 @@ impl Forwarder {
                         fails: AtomicU32::new(0),
                         down: AtomicBool::new(false),
                         looped: AtomicBool::new(false),
+                        failures: Throttle::new(Duration::from_secs(10)),
                     })
                 })
                 .collect(),
@@ -507,6 +511,15 @@ impl Forwarder {
     /// Counts a failed try; at `max_fails` in a row the upstream is marked down and a probe
     /// task asks it `. IN NS` every `health_check` until it answers.
     fn failed(&self, upstream: &Arc<UpstreamState>) {
+        if let Some(count) = upstream.failures.hit() {
+            warn!(
+                upstream = %upstream.addr,
+                "upstream {} failed {count} time(s) in the last {}s (timeouts or errors); \
+                 check it is reachable from this pod and answers, or remove it from the upstreams",
+                upstream.addr,
+                upstream.failures.period().as_secs()
+            );
+        }
         if self.max_fails == 0 {
             return;
         }
