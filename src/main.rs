@@ -43,11 +43,20 @@ enum Command {
         /// The TOML config file.
         file: PathBuf,
     },
+    /// Check this machine's kernel settings, limits, listen ports and upstreams for DNS.
+    Doctor(clusterdns::ops::doctor::DoctorArgs),
+    /// Print the clusterdns config equivalent to a kube-dns ConfigMap (YAML or JSON).
+    ImportKubeDns {
+        /// The ConfigMap file (`kubectl -n kube-system get configmap kube-dns -o yaml`).
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Doctor(args) => clusterdns::ops::doctor::main(&args),
+        Command::ImportKubeDns { file } => clusterdns::ops::import::main(&file),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
                 println!("{}: OK\n{}", file.display(), config.describe());
@@ -135,6 +144,9 @@ fn upstreams(config: &Config) -> (Vec<SocketAddr>, clusterdns::config::UpstreamC
 }
 
 async fn serve(config: Config) -> Result<()> {
+    for warning in clusterdns::ops::doctor::startup_warnings(&config) {
+        warn!("{warning}");
+    }
     let metrics = Arc::new(Metrics::new());
     let origin = Name::from_ascii(format!("{}.", config.zone))
         .with_context(|| format!("zone {:?} is not a domain name", config.zone))?;

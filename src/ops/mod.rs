@@ -1,9 +1,13 @@
-//! What operators touch: metrics and the HTTP endpoints for health, readiness and scraping.
+//! What operators touch: metrics and the HTTP endpoints for health, readiness and scraping,
+//! `doctor` (the machine's kernel knobs, limits, ports and upstreams) and the kube-dns
+//! ConfigMap import.
 //!
 //! This module observes the rest of the server; nothing in the DNS path depends on it except
 //! through the counters in [`metrics::Metrics`].
 
+pub mod doctor;
 pub mod http;
+pub mod import;
 pub mod metrics;
 pub mod query_metrics;
 pub mod throttle;
