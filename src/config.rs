@@ -78,6 +78,29 @@ pub struct Config {
     pub server: ServerConfig,
     /// The `[upstream]` table: forwarding timeouts.
     pub upstream: UpstreamConfig,
+    /// The `[kubernetes]` table: the Kubernetes API source.
+    pub kubernetes: KubernetesConfig,
+}
+
+/// The `[kubernetes]` table.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// Serve the cluster from the Kubernetes API (kube-rs watchers).
+    pub enabled: bool,
+    /// Kubeconfig file; `None`: `KUBECONFIG`, `~/.kube/config`, then the in-cluster service
+    /// account. Relative paths in the file are resolved against the config file's directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Serve only these namespaces (valid, distinct DNS labels); empty: all.
+    #[serde(deserialize_with = "de_namespaces")]
+    pub namespaces: Vec<String>,
+    /// Label selector applied to Services and EndpointSlices; `None`: all.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_labels"
+    )]
+    pub labels: Option<String>,
 }
 
 /// The `[server]` table.
@@ -176,6 +199,7 @@ impl Default for Config {
             ready_listen: Some(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 8181)),
             server: ServerConfig::default(),
             upstream: UpstreamConfig::default(),
+            kubernetes: KubernetesConfig::default(),
         }
     }
 }
@@ -295,6 +319,13 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[serde(default)]
 struct SpanDoc {
     upstream: SpanUpstream,
+    kubernetes: SpanKubernetes,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct SpanKubernetes {
+    enabled: Option<toml::Spanned<toml::Value>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -340,11 +371,21 @@ impl Config {
                 ),
             ));
         }
-        if let Some(dir) = &config.manifests
-            && dir.is_relative()
-            && let Some(base) = path.parent()
-        {
-            config.manifests = Some(base.join(dir));
+        if config.kubernetes.enabled && config.manifests.is_some() {
+            let span = spans.kubernetes.enabled.map(|s| s.span());
+            return Err(ConfigError::at(
+                path,
+                text,
+                span,
+                SOURCES_CONFLICT.to_string(),
+            ));
+        }
+        if let Some(base) = path.parent() {
+            for p in [&mut config.manifests, &mut config.kubernetes.kubeconfig] {
+                if let Some(rel) = p.as_ref().filter(|p| p.is_relative()) {
+                    *p = Some(base.join(rel));
+                }
+            }
         }
         Ok(config)
     }
@@ -373,6 +414,34 @@ impl Config {
                 .as_ref()
                 .map_or_else(|| "none".to_string(), |d| d.display().to_string())
         );
+        let k = &self.kubernetes;
+        if k.enabled {
+            let _ = writeln!(
+                out,
+                "kubernetes api:    on, {}; namespaces {}; labels {}",
+                k.kubeconfig.as_ref().map_or_else(
+                    || "KUBECONFIG, ~/.kube/config or in-cluster service account".to_string(),
+                    |p| format!("kubeconfig {}", p.display())
+                ),
+                if k.namespaces.is_empty() {
+                    "all".to_string()
+                } else {
+                    k.namespaces.join(", ")
+                },
+                k.labels.as_deref().unwrap_or("any"),
+            );
+            let _ = writeln!(
+                out,
+                "watched kinds:     Service, EndpointSlice, Namespace{}",
+                if self.pods == PodMode::Verified {
+                    ", Pod"
+                } else {
+                    ""
+                }
+            );
+        } else {
+            let _ = writeln!(out, "kubernetes api:    off");
+        }
         if self.upstreams.is_empty() {
             let _ = writeln!(
                 out,
@@ -467,6 +536,18 @@ pub struct ServeArgs {
     /// resolv.conf to take upstreams from when none are given [default: /etc/resolv.conf].
     #[arg(long, value_name = "FILE")]
     pub resolv_conf: Option<PathBuf>,
+    /// Serve the cluster from the Kubernetes API (in-cluster service account, or KUBECONFIG).
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// Kubeconfig for the Kubernetes API source (implies --kubernetes).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Serve only these namespaces (comma-separated) [default: all].
+    #[arg(long, value_name = "NS,...", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Label selector for Services and EndpointSlices [default: all].
+    #[arg(long, value_name = "SELECTOR")]
+    pub labels: Option<String>,
 }
 
 impl ServeArgs {
@@ -522,6 +603,31 @@ impl ServeArgs {
         if let Some(path) = &self.resolv_conf {
             config.resolv_conf = path.clone();
         }
+        if self.kubernetes {
+            config.kubernetes.enabled = true;
+        }
+        if let Some(path) = &self.kubeconfig {
+            config.kubernetes.enabled = true;
+            config.kubernetes.kubeconfig = Some(path.clone());
+        }
+        if !self.namespaces.is_empty() {
+            config.kubernetes.namespaces =
+                check_namespaces(self.namespaces.clone()).map_err(flag("--namespaces"))?;
+        }
+        if let Some(labels) = &self.labels {
+            config.kubernetes.labels = Some(check_labels(labels).map_err(flag("--labels"))?);
+        }
+        if config.kubernetes.enabled && config.manifests.is_some() {
+            let which = if self.kubernetes || self.kubeconfig.is_some() {
+                "--kubernetes"
+            } else {
+                "--manifests"
+            };
+            return Err(ConfigError::Flag {
+                flag: which,
+                reason: SOURCES_CONFLICT.to_string(),
+            });
+        }
         Ok(config)
     }
 }
@@ -558,6 +664,76 @@ fn parse_zone(s: &str) -> Result<String, String> {
         }
     }
     Ok(name)
+}
+
+/// Why `manifests` and the Kubernetes source cannot both be on.
+const SOURCES_CONFLICT: &str = "the Kubernetes API source and a manifest directory cannot be used together: \
+     choose one (kubernetes.enabled / --kubeconfig, or manifests / --manifests)";
+
+/// Namespaces to serve: each a DNS label, none twice.
+fn check_namespaces(list: Vec<String>) -> Result<Vec<String>, String> {
+    let mut seen = HashSet::new();
+    for ns in &list {
+        let valid = !ns.is_empty()
+            && ns.len() <= 63
+            && ns
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !ns.starts_with('-')
+            && !ns.ends_with('-');
+        if !valid {
+            return Err(format!(
+                "invalid namespace {ns:?}: must be a lowercase DNS label (a-z, 0-9, '-')"
+            ));
+        }
+        if !seen.insert(ns.as_str()) {
+            return Err(format!("namespace {ns:?} is given twice"));
+        }
+    }
+    Ok(list)
+}
+
+/// A label selector as the API server takes it (`app=web,tier!=db,env in (a,b),!legacy`).
+/// Checked for shape only (the API server has the last word): no empty requirement, balanced
+/// parentheses, only the characters labels and operators use.
+fn check_labels(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    let bad = |why: &str| Err(format!("invalid label selector {s:?}: {why}"));
+    if t.is_empty() {
+        return bad("empty (leave it unset to serve every object)");
+    }
+    if let Some(c) = t
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-_./=!,() ".contains(*c)))
+    {
+        return bad(&format!("unexpected character {c:?}"));
+    }
+    let mut depth = 0i32;
+    let mut term = String::new();
+    let mut terms = Vec::new();
+    for c in t.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                terms.push(std::mem::take(&mut term));
+                continue;
+            }
+            _ => {}
+        }
+        if !(0..=1).contains(&depth) {
+            return bad("unbalanced parentheses");
+        }
+        term.push(c);
+    }
+    terms.push(term);
+    if depth != 0 {
+        return bad("unbalanced parentheses");
+    }
+    if terms.iter().any(|t| t.trim().is_empty()) {
+        return bad("empty requirement between commas");
+    }
+    Ok(t.to_string())
 }
 
 fn check_ttl(ttl: i64) -> Result<u32, String> {
@@ -753,6 +929,16 @@ fn de_upstreams<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::E
         .map_err(de::Error::custom)?;
     check_upstreams(&list).map_err(de::Error::custom)?;
     Ok(list)
+}
+
+fn de_namespaces<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    check_namespaces(Vec::<String>::deserialize(d)?).map_err(de::Error::custom)
+}
+
+fn de_labels<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    check_labels(&String::deserialize(d)?)
+        .map(Some)
+        .map_err(de::Error::custom)
 }
 
 fn de_http_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {

@@ -7,9 +7,10 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use clusterdns::config::{Config, ServeArgs};
+use clusterdns::config::{Config, PodMode, ServeArgs};
 use clusterdns::ops::{http, metrics::Metrics};
 use clusterdns::server::{self, handler::Handler};
+use clusterdns::source::kubernetes::{self, KubernetesOptions, KubernetesSource};
 use clusterdns::source::manifests::ManifestSource;
 use clusterdns::source::{EventSink, SourceEvent};
 use clusterdns::upstream::{Forwarder, resolv_conf};
@@ -148,6 +149,23 @@ async fn serve(config: Config) -> Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     match &config.manifests {
+        None if config.kubernetes.enabled => {
+            let k = &config.kubernetes;
+            let client = kubernetes::client(k.kubeconfig.as_deref())
+                .await
+                .context("cannot start the Kubernetes API source")?;
+            let source = KubernetesSource::new(
+                client,
+                KubernetesOptions {
+                    namespaces: k.namespaces.clone(),
+                    labels: k.labels.clone(),
+                    pods: config.pods == PodMode::Verified,
+                },
+                metrics.clone(),
+            );
+            let sink: Arc<dyn EventSink> = zone.clone();
+            tasks.spawn(source.run(sink, cancel.clone()));
+        }
         Some(dir) => {
             let mut source = ManifestSource::new(dir.clone(), metrics.clone());
             let summary = source
@@ -170,7 +188,7 @@ async fn serve(config: Config) -> Result<()> {
         }
         None => {
             warn!(
-                "no source of cluster data configured (--manifests); serving an empty cluster zone"
+                "no source of cluster data configured (--kubernetes or --manifests); serving an empty cluster zone"
             );
             zone.apply(SourceEvent::InitialSyncDone);
         }

@@ -3,7 +3,7 @@
 //! Every decision the server takes that an operator may need to see at 3 a.m. is counted here.
 //! Owns the metric names; the code that counts only holds the handles.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// All metrics of one server. Cheap to clone handles out of; share it behind an `Arc`.
 pub struct Metrics {
@@ -33,6 +33,14 @@ pub struct Metrics {
     pub zone_services: IntGauge,
     /// 1 once every source has delivered its initial state.
     pub synced: IntGauge,
+    /// Kubernetes API source, by kind: 1 while every watch of that kind has listed and had no
+    /// error since, else 0.
+    pub source_synced: IntGaugeVec,
+    /// Kubernetes API source, by kind: Unix time of the last moment every watch of that kind
+    /// was known to be in sync (0 before the first list). `time() - this` is the staleness.
+    pub source_last_sync: GaugeVec,
+    /// Kubernetes API source, by kind: watch or list failures (each retry counts).
+    pub source_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -116,6 +124,30 @@ impl Metrics {
             synced: gauge(
                 "clusterdns_synced",
                 "1 once every source has delivered its initial state.",
+            ),
+            source_synced: gauge_vec(
+                "clusterdns_source_synced",
+                "Kubernetes API watches of this kind all listed and healthy (1) or not (0).",
+                &["kind"],
+            ),
+            source_last_sync: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "clusterdns_source_last_sync_timestamp_seconds",
+                        "Unix time when the Kubernetes API data of this kind was last known in sync.",
+                    ),
+                    &["kind"],
+                )
+                .expect("static metric definition is valid");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("metric names are unique");
+                g
+            },
+            source_errors: counter_vec(
+                "clusterdns_source_errors_total",
+                "Kubernetes API list or watch failures, by kind (every retry counts).",
+                &["kind"],
             ),
             registry,
         }

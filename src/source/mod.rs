@@ -5,6 +5,7 @@
 //! nothing of DNS: it must not build names or records. The zone consumes the events through
 //! [`EventSink`] and does not care which source sent them.
 
+pub mod kubernetes;
 pub mod manifests;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};

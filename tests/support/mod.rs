@@ -6,6 +6,8 @@
 //! few seconds instead of hanging it.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod fakeapi;
+
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -62,6 +64,15 @@ impl Server {
         let upstream = upstream.unwrap_or_else(closed_port).to_string();
         let dir = dir.to_string_lossy().into_owned();
         let mut args = vec!["--manifests", &dir, "--upstream", &upstream];
+        args.extend_from_slice(extra);
+        Server::start(&args)
+    }
+
+    /// Serves the cluster of a fake API server through `--kubeconfig`, with extra arguments.
+    pub fn kubernetes(api: &fakeapi::FakeApi, extra: &[&str]) -> Server {
+        let upstream = closed_port().to_string();
+        let kubeconfig = api.kubeconfig().to_string_lossy().into_owned();
+        let mut args = vec!["--kubeconfig", &kubeconfig, "--upstream", &upstream];
         args.extend_from_slice(extra);
         Server::start(&args)
     }
@@ -190,8 +201,15 @@ impl Server {
     pub fn both(&self, query: &Message) -> Message {
         let udp = self.udp(query);
         let tcp = self.tcp(query);
-        assert_eq!(udp.metadata.response_code, tcp.metadata.response_code, "rcode UDP vs TCP");
-        assert_eq!(sorted(&udp.answers), sorted(&tcp.answers), "answers UDP vs TCP");
+        assert_eq!(
+            udp.metadata.response_code, tcp.metadata.response_code,
+            "rcode UDP vs TCP"
+        );
+        assert_eq!(
+            sorted(&udp.answers),
+            sorted(&tcp.answers),
+            "answers UDP vs TCP"
+        );
         assert_eq!(udp.authorities, tcp.authorities, "authority UDP vs TCP");
         udp
     }
@@ -236,9 +254,15 @@ pub fn metric_value(text: &str, name: &str, labels: &str) -> f64 {
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect HTTP");
     stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").expect("send");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
     let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read HTTP response");
+    stream
+        .read_to_string(&mut response)
+        .expect("read HTTP response");
     let status = response
         .split_whitespace()
         .nth(1)
@@ -270,7 +294,10 @@ pub fn query(name: &str, qtype: RecordType) -> Message {
     let mut message = Message::query();
     message.metadata.id = rand::random();
     message.metadata.recursion_desired = true;
-    message.add_query(Query::query(Name::from_str(name).expect("valid name"), qtype));
+    message.add_query(Query::query(
+        Name::from_str(name).expect("valid name"),
+        qtype,
+    ));
     message
 }
 
@@ -288,11 +315,20 @@ pub fn query_edns(name: &str, qtype: RecordType, payload: u16) -> Message {
 pub fn parse_answer(query: &Message, bytes: &[u8]) -> Message {
     let answer = Message::from_vec(bytes).expect("the answer parses");
     assert_eq!(answer.metadata.id, query.metadata.id, "id echoed");
-    assert_eq!(answer.metadata.message_type, MessageType::Response, "QR set");
+    assert_eq!(
+        answer.metadata.message_type,
+        MessageType::Response,
+        "QR set"
+    );
     assert_eq!(answer.metadata.op_code, OpCode::Query);
     assert_eq!(answer.queries.len(), query.queries.len(), "question echoed");
     for (a, q) in answer.queries.iter().zip(&query.queries) {
-        assert!(a.name().eq_case(q.name()), "question case echoed: {} vs {}", a.name(), q.name());
+        assert!(
+            a.name().eq_case(q.name()),
+            "question case echoed: {} vs {}",
+            a.name(),
+            q.name()
+        );
         assert_eq!(a.query_type(), q.query_type());
     }
     assert_eq!(

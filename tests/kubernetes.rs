@@ -1,0 +1,574 @@
+//! The Kubernetes API source against a fake API server (tests/support/fakeapi.rs) reached
+//! through a kubeconfig, with the real kube-rs client: initial sync and readiness, changes,
+//! watch gaps, 410 Gone, API outages, bad objects, namespace/label subsets, pods, scale.
+
+mod support;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use std::time::{Duration, Instant, SystemTime};
+use support::fakeapi::{self, FakeApi, Kind};
+use support::*;
+
+/// How long a change may take to reach the answers.
+const CHANGE: Duration = Duration::from_secs(10);
+
+/// The A records (sorted) and rcode of `name`.
+fn a(server: &Server, name: &str) -> (ResponseCode, Vec<String>) {
+    let answer = server.udp(&query(name, RecordType::A));
+    (
+        answer.metadata.response_code,
+        rdata(&answer.answers, RecordType::A),
+    )
+}
+
+fn answers(server: &Server, name: &str, want: &[&str]) -> bool {
+    a(server, name)
+        == (
+            ResponseCode::NoError,
+            want.iter().map(|s| s.to_string()).collect(),
+        )
+}
+
+fn rcode(server: &Server, name: &str) -> ResponseCode {
+    a(server, name).0
+}
+
+/// A small cluster: namespaces default and shop, a ClusterIP service, a headless service with
+/// two endpoints.
+fn small_cluster(api: &FakeApi) {
+    api.apply_all([
+        fakeapi::namespace("default"),
+        fakeapi::namespace("shop"),
+        fakeapi::namespace("empty"),
+        fakeapi::service("default", "web", "192.0.2.10"),
+        fakeapi::headless_service("shop", "db"),
+        fakeapi::endpoint_slice("shop", "db-abc", "db", &["198.51.100.1", "198.51.100.2"]),
+    ]);
+}
+
+fn wait_ready(server: &Server) {
+    assert!(
+        eventually(Duration::from_secs(15), || http_get(server.ready, "/ready")
+            .0
+            == 200),
+        "never ready; log:\n{}",
+        server.log()
+    );
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[test]
+fn before_the_first_list_names_are_servfail_and_not_ready_then_answers_follow() {
+    let api = FakeApi::start();
+    small_cluster(&api);
+    api.fail_with(Some(500));
+    let server = Server::kubernetes(&api, &[]);
+
+    // The API answers 500: nothing listed yet.
+    assert!(eventually(Duration::from_secs(5), || api
+        .requests(Kind::Service, "list")
+        == 0
+        && server.log().contains("watch failing")));
+    assert_eq!(
+        rcode(&server, "web.default.svc.cluster.local."),
+        ResponseCode::ServFail
+    );
+    assert_eq!(
+        rcode(&server, "nope.default.svc.cluster.local."),
+        ResponseCode::ServFail
+    );
+    let (status, _) = http_get(server.ready, "/ready");
+    assert_eq!(status, 503);
+    assert_eq!(server.metric("clusterdns_synced", ""), 0.0);
+    assert_eq!(
+        server.metric("clusterdns_source_synced", "kind=\"Service\""),
+        0.0
+    );
+    assert_eq!(
+        server.metric(
+            "clusterdns_source_last_sync_timestamp_seconds",
+            "kind=\"Service\""
+        ),
+        0.0
+    );
+    assert!(server.metric("clusterdns_source_errors_total", "kind=\"Service\"") >= 1.0);
+
+    api.fail_with(None);
+    wait_ready(&server);
+    assert!(answers(
+        &server,
+        "web.default.svc.cluster.local.",
+        &["192.0.2.10"]
+    ));
+    assert!(answers(
+        &server,
+        "db.shop.svc.cluster.local.",
+        &["198.51.100.1", "198.51.100.2"]
+    ));
+    // A namespace without services exists (NODATA); an unknown one does not.
+    let empty = server.udp(&query("empty.svc.cluster.local.", RecordType::A));
+    assert_eq!(empty.metadata.response_code, ResponseCode::NoError);
+    assert!(empty.answers.is_empty());
+    assert_eq!(
+        rcode(&server, "nope.svc.cluster.local."),
+        ResponseCode::NXDomain
+    );
+    assert_eq!(
+        rcode(&server, "nope.default.svc.cluster.local."),
+        ResponseCode::NXDomain
+    );
+    assert_eq!(server.metric("clusterdns_synced", ""), 1.0);
+    for kind in ["Service", "EndpointSlice", "Namespace"] {
+        let labels = format!("kind=\"{kind}\"");
+        assert_eq!(
+            server.metric("clusterdns_source_synced", &labels),
+            1.0,
+            "{kind}"
+        );
+        let last = server.metric("clusterdns_source_last_sync_timestamp_seconds", &labels);
+        assert!((unix_now() - last).abs() < 5.0, "{kind}: last sync {last}");
+    }
+    // Pods are not watched unless pods are verified.
+    assert_eq!(api.requests(Kind::Pod, "list"), 0);
+    assert_eq!(
+        server.metric("clusterdns_source_synced", "kind=\"Pod\""),
+        0.0
+    );
+}
+
+#[test]
+fn services_and_endpoint_slices_added_changed_and_deleted_change_the_answers() {
+    let api = FakeApi::start();
+    small_cluster(&api);
+    let server = Server::kubernetes(&api, &[]);
+    wait_ready(&server);
+
+    // Service: add, change its IP, delete.
+    api.apply(fakeapi::service("shop", "cart", "192.0.2.20"));
+    assert!(eventually(CHANGE, || answers(
+        &server,
+        "cart.shop.svc.cluster.local.",
+        &["192.0.2.20"]
+    )));
+    api.apply(fakeapi::service("shop", "cart", "192.0.2.21"));
+    assert!(eventually(CHANGE, || answers(
+        &server,
+        "cart.shop.svc.cluster.local.",
+        &["192.0.2.21"]
+    )));
+    assert!(api.delete(Kind::Service, "shop", "cart"));
+    assert!(eventually(CHANGE, || rcode(
+        &server,
+        "cart.shop.svc.cluster.local."
+    ) == ResponseCode::NXDomain));
+
+    // EndpointSlice: a second slice adds endpoints, a change removes one, a delete the rest.
+    api.apply(fakeapi::endpoint_slice(
+        "shop",
+        "db-def",
+        "db",
+        &["198.51.100.3"],
+    ));
+    assert!(eventually(CHANGE, || answers(
+        &server,
+        "db.shop.svc.cluster.local.",
+        &["198.51.100.1", "198.51.100.2", "198.51.100.3"]
+    )));
+    api.apply(fakeapi::endpoint_slice(
+        "shop",
+        "db-abc",
+        "db",
+        &["198.51.100.2"],
+    ));
+    assert!(eventually(CHANGE, || answers(
+        &server,
+        "db.shop.svc.cluster.local.",
+        &["198.51.100.2", "198.51.100.3"]
+    )));
+    assert!(api.delete(Kind::EndpointSlice, "shop", "db-def"));
+    assert!(eventually(CHANGE, || answers(
+        &server,
+        "db.shop.svc.cluster.local.",
+        &["198.51.100.2"]
+    )));
+    assert!(api.delete(Kind::EndpointSlice, "shop", "db-abc"));
+    // A headless service without ready endpoints: NXDOMAIN.
+    assert!(eventually(CHANGE, || rcode(
+        &server,
+        "db.shop.svc.cluster.local."
+    ) == ResponseCode::NXDomain));
+
+    // Namespace: deleting the last trace of one makes it vanish.
+    assert!(api.delete(Kind::Namespace, "", "empty"));
+    assert!(eventually(CHANGE, || rcode(
+        &server,
+        "empty.svc.cluster.local."
+    ) == ResponseCode::NXDomain));
+    // The untouched service kept answering throughout; no relist was needed.
+    assert!(answers(
+        &server,
+        "web.default.svc.cluster.local.",
+        &["192.0.2.10"]
+    ));
+    assert_eq!(api.requests(Kind::Service, "list"), 1);
+}
+
+#[test]
+fn a_watch_cut_and_resumed_loses_nothing_changed_meanwhile_and_does_not_relist() {
+    let api = FakeApi::start();
+    small_cluster(&api);
+    let server = Server::kubernetes(&api, &[]);
+    wait_ready(&server);
+    let lists = api.requests(Kind::Service, "list") + api.requests(Kind::EndpointSlice, "list");
+    assert!(eventually(CHANGE, || api.open_watches() == 3));
+
+    api.hold_watches();
+    api.cut_watches();
+    // Every watch came back and is held: no watch is open while the cluster changes.
+    assert!(
+        eventually(CHANGE, || api.held_watches() == 3),
+        "watches not resumed"
+    );
+    assert_eq!(api.open_watches(), 0);
+    api.apply(fakeapi::service("default", "new", "192.0.2.30"));
+    api.apply(fakeapi::service("default", "web", "192.0.2.11"));
+    api.delete(Kind::EndpointSlice, "shop", "db-abc");
+    api.apply(fakeapi::endpoint_slice(
+        "shop",
+        "db-xyz",
+        "db",
+        &["198.51.100.9"],
+    ));
+    // Still the old data while the watches are away.
+    assert!(answers(
+        &server,
+        "web.default.svc.cluster.local.",
+        &["192.0.2.10"]
+    ));
+    api.release_watches();
+
+    assert!(eventually(CHANGE, || answers(
+        &server,
+        "new.default.svc.cluster.local.",
+        &["192.0.2.30"]
+    )));
+    assert!(eventually(CHANGE, || answers(
+        &server,
+        "web.default.svc.cluster.local.",
+        &["192.0.2.11"]
+    )));
+    assert!(eventually(CHANGE, || answers(
+        &server,
+        "db.shop.svc.cluster.local.",
+        &["198.51.100.9"]
+    )));
+    // Resumed from the resourceVersion: the changes came from the watch, not a new list.
+    assert_eq!(
+        api.requests(Kind::Service, "list") + api.requests(Kind::EndpointSlice, "list"),
+        lists
+    );
+    assert!(!server.log().contains("watch failing"), "{}", server.log());
+}
+
+#[test]
+fn a_410_gone_forces_a_relist_that_removes_what_was_deleted_while_away() {
+    let api = FakeApi::start();
+    small_cluster(&api);
+    api.apply(fakeapi::service("default", "old", "192.0.2.40"));
+    let server = Server::kubernetes(&api, &[]);
+    wait_ready(&server);
+    assert!(answers(
+        &server,
+        "old.default.svc.cluster.local.",
+        &["192.0.2.40"]
+    ));
+    assert!(eventually(CHANGE, || api.open_watches() == 3));
+    let lists = api.requests(Kind::Service, "list");
+
+    api.hold_watches();
+    api.cut_watches();
+    assert!(eventually(CHANGE, || api.held_watches() == 3));
+    api.delete(Kind::Service, "default", "old");
+    api.apply(fakeapi::service("default", "web", "192.0.2.12"));
+    api.delete(Kind::EndpointSlice, "shop", "db-abc");
+    // The history of those changes is gone: resuming is impossible.
+    api.compact();
+    api.release_watches();
+
+    assert!(eventually(CHANGE, || rcode(
+        &server,
+        "old.default.svc.cluster.local."
+    ) == ResponseCode::NXDomain));
+    assert!(eventually(CHANGE, || answers(
+        &server,
+        "web.default.svc.cluster.local.",
+        &["192.0.2.12"]
+    )));
+    assert!(eventually(CHANGE, || rcode(
+        &server,
+        "db.shop.svc.cluster.local."
+    ) == ResponseCode::NXDomain));
+    assert!(api.requests(Kind::Service, "list") > lists, "no relist");
+    let log = server.log();
+    assert!(log.contains("410 Gone"), "{log}");
+    // A 410 is routine: not reported as a failure.
+    assert!(!log.contains("watch failing"), "{log}");
+    assert_eq!(
+        server.metric("clusterdns_source_synced", "kind=\"Service\""),
+        1.0
+    );
+}
+
+#[test]
+fn with_the_api_down_answers_continue_unchanged_then_the_source_recovers() {
+    let api = FakeApi::start();
+    small_cluster(&api);
+    let server = Server::kubernetes(&api, &[]);
+    wait_ready(&server);
+
+    api.stop();
+    let down = Instant::now();
+    // A change the server cannot see yet.
+    api.apply(fakeapi::service("default", "later", "192.0.2.50"));
+    api.delete(Kind::Service, "default", "web");
+    assert!(eventually(CHANGE, || server
+        .metric("clusterdns_source_synced", "kind=\"Service\"")
+        == 0.0));
+    while down.elapsed() < Duration::from_secs(4) {
+        assert!(answers(
+            &server,
+            "web.default.svc.cluster.local.",
+            &["192.0.2.10"]
+        ));
+        assert!(answers(
+            &server,
+            "db.shop.svc.cluster.local.",
+            &["198.51.100.1", "198.51.100.2"]
+        ));
+        assert_eq!(
+            rcode(&server, "later.default.svc.cluster.local."),
+            ResponseCode::NXDomain
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        http_get(server.ready, "/ready").0,
+        200,
+        "stays ready: it has data"
+    );
+    // Not synced recently: the last sync is at least as old as the outage (minus the tick).
+    let last = server.metric(
+        "clusterdns_source_last_sync_timestamp_seconds",
+        "kind=\"Service\"",
+    );
+    assert!(
+        unix_now() - last >= 2.5,
+        "last sync {last}, now {}",
+        unix_now()
+    );
+    assert!(server.metric("clusterdns_source_errors_total", "kind=\"Service\"") >= 2.0);
+
+    api.restart();
+    assert!(eventually(Duration::from_secs(20), || answers(
+        &server,
+        "later.default.svc.cluster.local.",
+        &["192.0.2.50"]
+    )));
+    assert!(eventually(CHANGE, || rcode(
+        &server,
+        "web.default.svc.cluster.local."
+    ) == ResponseCode::NXDomain));
+    assert!(eventually(CHANGE, || server
+        .metric("clusterdns_source_synced", "kind=\"Service\"")
+        == 1.0));
+    let last = server.metric(
+        "clusterdns_source_last_sync_timestamp_seconds",
+        "kind=\"Service\"",
+    );
+    assert!(unix_now() - last < 3.0);
+    // One warning when each watch started failing and one line when it recovered, not one
+    // per retry.
+    let log = server.log();
+    assert_eq!(log.matches("watch failing").count(), 3, "{log}");
+    assert!(log.matches("still failing").count() >= 3, "{log}");
+    assert!(eventually(CHANGE, || server
+        .log()
+        .matches("watch recovered")
+        .count()
+        == 3));
+}
+
+#[test]
+fn a_bad_object_is_skipped_and_counted_and_the_rest_serves() {
+    let api = FakeApi::start();
+    small_cluster(&api);
+    api.apply(fakeapi::service("default", "broken", "not-an-ip"));
+    let server = Server::kubernetes(&api, &[]);
+    wait_ready(&server);
+    let rejected = "kind=\"Service\",reason=\"invalid_address\"";
+    assert_eq!(
+        server.metric("clusterdns_objects_rejected_total", rejected),
+        1.0
+    );
+    assert_eq!(
+        rcode(&server, "broken.default.svc.cluster.local."),
+        ResponseCode::NXDomain
+    );
+    assert!(answers(
+        &server,
+        "web.default.svc.cluster.local.",
+        &["192.0.2.10"]
+    ));
+
+    // Broken later: the last good version keeps serving; fixed: the new one.
+    api.apply(fakeapi::service("default", "web", "300.1.2.3"));
+    assert!(eventually(CHANGE, || server
+        .metric("clusterdns_objects_rejected_total", rejected)
+        == 2.0));
+    assert!(answers(
+        &server,
+        "web.default.svc.cluster.local.",
+        &["192.0.2.10"]
+    ));
+    api.apply(fakeapi::service("default", "broken", "192.0.2.60"));
+    assert!(eventually(CHANGE, || answers(
+        &server,
+        "broken.default.svc.cluster.local.",
+        &["192.0.2.60"]
+    )));
+}
+
+#[test]
+fn namespaces_and_labels_limit_what_is_served() {
+    let api = FakeApi::start();
+    small_cluster(&api);
+    let mut hidden = fakeapi::service("shop", "hidden", "192.0.2.70");
+    hidden["metadata"]["labels"]["tier"] = "internal".into();
+    api.apply_all([
+        hidden,
+        fakeapi::service("shop", "cart", "192.0.2.71"),
+        fakeapi::namespace("other"),
+        fakeapi::service("other", "x", "192.0.2.72"),
+    ]);
+    let server = Server::kubernetes(
+        &api,
+        &["--namespaces", "shop,default", "--labels", "tier!=internal"],
+    );
+    wait_ready(&server);
+    assert!(answers(
+        &server,
+        "cart.shop.svc.cluster.local.",
+        &["192.0.2.71"]
+    ));
+    assert!(answers(
+        &server,
+        "web.default.svc.cluster.local.",
+        &["192.0.2.10"]
+    ));
+    assert!(answers(
+        &server,
+        "db.shop.svc.cluster.local.",
+        &["198.51.100.1", "198.51.100.2"]
+    ));
+    assert_eq!(
+        rcode(&server, "hidden.shop.svc.cluster.local."),
+        ResponseCode::NXDomain
+    );
+    assert_eq!(
+        rcode(&server, "x.other.svc.cluster.local."),
+        ResponseCode::NXDomain
+    );
+    assert_eq!(
+        rcode(&server, "other.svc.cluster.local."),
+        ResponseCode::NXDomain
+    );
+    // One watch per namespace and kind, through the namespaced paths.
+    assert_eq!(api.requests(Kind::Service, "list"), 2);
+
+    // A change outside the subset is not seen; inside it is.
+    api.apply(fakeapi::service("other", "y", "192.0.2.73"));
+    api.apply(fakeapi::service("shop", "z", "192.0.2.74"));
+    assert!(eventually(CHANGE, || answers(
+        &server,
+        "z.shop.svc.cluster.local.",
+        &["192.0.2.74"]
+    )));
+    assert_eq!(
+        rcode(&server, "y.other.svc.cluster.local."),
+        ResponseCode::NXDomain
+    );
+}
+
+#[test]
+fn verified_pod_records_come_from_watched_pods() {
+    let api = FakeApi::start();
+    small_cluster(&api);
+    api.apply(fakeapi::pod("shop", "p1", "198.51.100.7"));
+    let server = Server::kubernetes(&api, &["--pods", "verified"]);
+    wait_ready(&server);
+    assert!(api.requests(Kind::Pod, "list") >= 1);
+    assert!(answers(
+        &server,
+        "198-51-100-7.shop.pod.cluster.local.",
+        &["198.51.100.7"]
+    ));
+    assert_eq!(
+        rcode(&server, "198-51-100-8.shop.pod.cluster.local."),
+        ResponseCode::NXDomain
+    );
+    api.apply(fakeapi::pod("shop", "p2", "198.51.100.8"));
+    assert!(eventually(CHANGE, || answers(
+        &server,
+        "198-51-100-8.shop.pod.cluster.local.",
+        &["198.51.100.8"]
+    )));
+    api.delete(Kind::Pod, "shop", "p1");
+    assert!(eventually(CHANGE, || rcode(
+        &server,
+        "198-51-100-7.shop.pod.cluster.local."
+    ) == ResponseCode::NXDomain));
+    assert_eq!(
+        server.metric("clusterdns_source_synced", "kind=\"Pod\""),
+        1.0
+    );
+}
+
+#[test]
+fn thousands_of_objects_list_in_pages_and_serve() {
+    const N: usize = 3000;
+    let api = FakeApi::start();
+    api.apply(fakeapi::namespace("bulk"));
+    api.apply_all((0..N).flat_map(|i| {
+        let name = format!("svc-{i}");
+        let ip = format!("10.{}.{}.{}", i / 65536 % 256, i / 256 % 256, i % 256);
+        let ep = format!("10.200.{}.{}", i / 256 % 256, i % 256);
+        [
+            fakeapi::service("bulk", &name, &ip),
+            fakeapi::endpoint_slice("bulk", &format!("{name}-1"), &name, &[&ep]),
+        ]
+    }));
+    let started = Instant::now();
+    let server = Server::kubernetes(&api, &[]);
+    wait_ready(&server);
+    let took = started.elapsed();
+    // kube-rs lists 500 per page.
+    assert!(api.requests(Kind::Service, "list") >= N / 500, "not paged");
+    assert_eq!(server.metric("clusterdns_zone_services", ""), N as f64);
+    assert!(answers(
+        &server,
+        "svc-0.bulk.svc.cluster.local.",
+        &["10.0.0.0"]
+    ));
+    assert!(answers(
+        &server,
+        "svc-2999.bulk.svc.cluster.local.",
+        &["10.0.11.183"]
+    ));
+    assert!(took < Duration::from_secs(30), "initial sync took {took:?}");
+}
