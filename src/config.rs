@@ -1287,6 +1287,75 @@ deadline = "3s"
         }
     }
 
+    #[test]
+    fn kubernetes_table_parses_and_is_described() {
+        let c = parse(
+            "[kubernetes]\nenabled = true\nkubeconfig = \"kube/config\"\n\
+             namespaces = [\"default\", \"shop\"]\nlabels = \"app=web, tier notin (db,cache)\"\n",
+        )
+        .unwrap();
+        assert!(c.kubernetes.enabled);
+        assert_eq!(
+            c.kubernetes.kubeconfig,
+            Some(PathBuf::from("/etc/clusterdns/kube/config"))
+        );
+        assert_eq!(c.kubernetes.namespaces, ["default", "shop"]);
+        assert_eq!(
+            c.kubernetes.labels.as_deref(),
+            Some("app=web, tier notin (db,cache)")
+        );
+        let d = c.describe();
+        assert!(d.contains("kubernetes api:    on, kubeconfig /etc/clusterdns/kube/config; namespaces default, shop; labels app=web"), "{d}");
+        assert!(
+            d.contains("watched kinds:     Service, EndpointSlice, Namespace\n"),
+            "{d}"
+        );
+        let c = parse("pods = \"verified\"\n[kubernetes]\nenabled = true\n").unwrap();
+        let d = c.describe();
+        assert!(
+            d.contains("in-cluster service account; namespaces all; labels any"),
+            "{d}"
+        );
+        assert!(d.contains("Namespace, Pod"), "{d}");
+        assert!(
+            Config::default()
+                .describe()
+                .contains("kubernetes api:    off")
+        );
+        assert!(!Config::default().kubernetes.enabled);
+
+        let again = parse(&toml::to_string(&c).unwrap()).unwrap();
+        assert!(again.kubernetes.enabled);
+    }
+
+    #[test]
+    fn bad_kubernetes_settings_are_reported_with_their_line() {
+        assert_error_at(
+            "[kubernetes]\nenabled = true\nnamespaces = [\"Shop\"]\n",
+            3,
+            "invalid namespace \"Shop\"",
+        );
+        assert_error_at(
+            "[kubernetes]\nnamespaces = [\"a\", \"a\"]\n",
+            2,
+            "given twice",
+        );
+        assert_error_at("[kubernetes]\nlabels = \"\"\n", 2, "empty");
+        assert_error_at(
+            "[kubernetes]\nlabels = \"a=b,,c\"\n",
+            2,
+            "empty requirement",
+        );
+        assert_error_at("[kubernetes]\nlabels = \"a in (b\"\n", 2, "parentheses");
+        assert_error_at("[kubernetes]\nlabels = \"a=b;c\"\n", 2, "';'");
+        assert_error_at("[kubernetes]\nwatch = true\n", 2, "watch");
+        assert_error_at(
+            "manifests = \"m\"\n[kubernetes]\nenabled = true\n",
+            3,
+            "cannot be used together",
+        );
+    }
+
     #[derive(clap::Parser)]
     struct Cli {
         #[command(flatten)]
@@ -1358,6 +1427,51 @@ deadline = "3s"
         // Untouched by flags: still the file's.
         assert_eq!(c.server.udp_workers, 4);
         assert_eq!(c.upstream.timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn kubernetes_flags() {
+        let c = cli(&[
+            "--kubeconfig",
+            "/k/config",
+            "--namespaces",
+            "a,b",
+            "--labels",
+            "x=y",
+        ])
+        .resolve()
+        .unwrap();
+        assert!(c.kubernetes.enabled, "--kubeconfig turns the source on");
+        assert_eq!(c.kubernetes.kubeconfig, Some(PathBuf::from("/k/config")));
+        assert_eq!(c.kubernetes.namespaces, ["a", "b"]);
+        assert_eq!(c.kubernetes.labels.as_deref(), Some("x=y"));
+        let c = cli(&["--kubernetes"]).resolve().unwrap();
+        assert!(c.kubernetes.enabled);
+        assert_eq!(c.kubernetes.kubeconfig, None);
+        assert!(!cli(&[]).resolve().unwrap().kubernetes.enabled);
+
+        for (args, flag) in [
+            (&["--namespaces", "a,B"][..], "--namespaces"),
+            (&["--labels", "a=(b"][..], "--labels"),
+            (&["--kubernetes", "--manifests", "m"][..], "--kubernetes"),
+        ] {
+            let err = cli(args).resolve().unwrap_err();
+            assert!(err.to_string().starts_with(&format!("{flag}: ")), "{err}");
+        }
+        // The file's manifests plus a kubeconfig flag: a conflict named after the flag.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "manifests = \"m\"\n").unwrap();
+        let err = cli(&["--config", path.to_str().unwrap(), "--kubeconfig", "k"])
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().starts_with("--kubernetes: "), "{err}");
+        // The file's kubernetes source plus a manifests flag.
+        std::fs::write(&path, "[kubernetes]\nenabled = true\n").unwrap();
+        let err = cli(&["--config", path.to_str().unwrap(), "--manifests", "m"])
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().starts_with("--manifests: "), "{err}");
     }
 
     #[test]

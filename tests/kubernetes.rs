@@ -572,3 +572,38 @@ fn thousands_of_objects_list_in_pages_and_serve() {
     ));
     assert!(took < Duration::from_secs(30), "initial sync took {took:?}");
 }
+
+#[test]
+fn without_a_usable_kubeconfig_or_service_account_serve_stops_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing-kubeconfig");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_clusterdns"))
+            .arg("serve")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+            .args(["--health-listen", "off", "--ready-listen", "off"])
+            .env("KUBECONFIG", &missing)
+            .env("HOME", dir.path())
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .output()
+            .expect("run clusterdns")
+    };
+    let missing_s = missing.to_string_lossy().into_owned();
+    let out = run(&["--kubeconfig", &missing_s]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot read kubeconfig"), "{stderr}");
+    assert!(stderr.contains(&missing_s), "{stderr}");
+
+    // No flag: KUBECONFIG (missing here), then the in-cluster service account (absent).
+    let out = run(&["--kubernetes"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot find the Kubernetes API"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing may listen without a source");
+}
