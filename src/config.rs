@@ -83,7 +83,7 @@ pub struct Config {
 }
 
 /// The `[kubernetes]` table.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KubernetesConfig {
     /// Serve the cluster from the Kubernetes API (kube-rs watchers).
@@ -101,6 +101,28 @@ pub struct KubernetesConfig {
         deserialize_with = "de_labels"
     )]
     pub labels: Option<String>,
+    /// Last-good snapshot file (resolved like `kubeconfig`); `None`: no snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<PathBuf>,
+    /// Least time between two snapshot writes. TOML: `"10s"`.
+    #[serde(
+        deserialize_with = "de_snapshot_interval",
+        serialize_with = "ser_duration"
+    )]
+    pub snapshot_interval: Duration,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> KubernetesConfig {
+        KubernetesConfig {
+            enabled: false,
+            kubeconfig: None,
+            namespaces: Vec::new(),
+            labels: None,
+            snapshot: None,
+            snapshot_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 /// The `[server]` table.
@@ -326,6 +348,7 @@ struct SpanDoc {
 #[serde(default)]
 struct SpanKubernetes {
     enabled: Option<toml::Spanned<toml::Value>>,
+    snapshot: Option<toml::Spanned<toml::Value>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -380,8 +403,21 @@ impl Config {
                 SOURCES_CONFLICT.to_string(),
             ));
         }
+        if config.kubernetes.snapshot.is_some() && !config.kubernetes.enabled {
+            let span = spans.kubernetes.snapshot.map(|s| s.span());
+            return Err(ConfigError::at(
+                path,
+                text,
+                span,
+                SNAPSHOT_NEEDS_API.to_string(),
+            ));
+        }
         if let Some(base) = path.parent() {
-            for p in [&mut config.manifests, &mut config.kubernetes.kubeconfig] {
+            for p in [
+                &mut config.manifests,
+                &mut config.kubernetes.kubeconfig,
+                &mut config.kubernetes.snapshot,
+            ] {
                 if let Some(rel) = p.as_ref().filter(|p| p.is_relative()) {
                     *p = Some(base.join(rel));
                 }
@@ -429,6 +465,18 @@ impl Config {
                     k.namespaces.join(", ")
                 },
                 k.labels.as_deref().unwrap_or("any"),
+            );
+            let _ = writeln!(
+                out,
+                "snapshot:          {}",
+                k.snapshot.as_ref().map_or_else(
+                    || "none".to_string(),
+                    |p| format!(
+                        "{}, written at most every {}",
+                        p.display(),
+                        format_duration(k.snapshot_interval)
+                    )
+                )
             );
             let _ = writeln!(
                 out,
@@ -548,6 +596,13 @@ pub struct ServeArgs {
     /// Label selector for Services and EndpointSlices [default: all].
     #[arg(long, value_name = "SELECTOR")]
     pub labels: Option<String>,
+    /// Last-good snapshot of the Kubernetes objects: written after changes, served at startup
+    /// when the API cannot be reached [default: none].
+    #[arg(long, value_name = "FILE")]
+    pub snapshot: Option<PathBuf>,
+    /// Least time between two snapshot writes [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub snapshot_interval: Option<String>,
 }
 
 impl ServeArgs {
@@ -617,6 +672,24 @@ impl ServeArgs {
         if let Some(labels) = &self.labels {
             config.kubernetes.labels = Some(check_labels(labels).map_err(flag("--labels"))?);
         }
+        if let Some(path) = &self.snapshot {
+            config.kubernetes.snapshot = Some(path.clone());
+        }
+        if let Some(d) = &self.snapshot_interval {
+            config.kubernetes.snapshot_interval = parse_duration(d)
+                .and_then(|d| check_positive("--snapshot-interval", d))
+                .map_err(flag("--snapshot-interval"))?;
+        }
+        if config.kubernetes.snapshot.is_some() && !config.kubernetes.enabled {
+            return Err(ConfigError::Flag {
+                flag: if self.snapshot.is_some() {
+                    "--snapshot"
+                } else {
+                    "--kubernetes"
+                },
+                reason: SNAPSHOT_NEEDS_API.to_string(),
+            });
+        }
         if config.kubernetes.enabled && config.manifests.is_some() {
             let which = if self.kubernetes || self.kubeconfig.is_some() {
                 "--kubernetes"
@@ -669,6 +742,10 @@ fn parse_zone(s: &str) -> Result<String, String> {
 /// Why `manifests` and the Kubernetes source cannot both be on.
 const SOURCES_CONFLICT: &str = "the Kubernetes API source and a manifest directory cannot be used together: \
      choose one (kubernetes.enabled / --kubeconfig, or manifests / --manifests)";
+
+/// Why a snapshot without the Kubernetes source is refused.
+const SNAPSHOT_NEEDS_API: &str = "a snapshot is a copy of the Kubernetes API's objects: it needs the Kubernetes source \
+     (kubernetes.enabled / --kubernetes / --kubeconfig)";
 
 /// Namespaces to serve: each a DNS label, none twice.
 fn check_namespaces(list: Vec<String>) -> Result<Vec<String>, String> {
@@ -993,6 +1070,10 @@ fn de_tcp_idle_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::E
 
 fn de_upstream_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     check_positive("upstream.timeout", de_duration(d)?).map_err(de::Error::custom)
+}
+
+fn de_snapshot_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    check_positive("kubernetes.snapshot_interval", de_duration(d)?).map_err(de::Error::custom)
 }
 
 fn de_upstream_deadline<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -1354,6 +1435,66 @@ deadline = "3s"
             3,
             "cannot be used together",
         );
+    }
+
+    #[test]
+    fn snapshot_settings() {
+        let c = parse(
+            "[kubernetes]\nenabled = true\nsnapshot = \"state/snap\"\nsnapshot_interval = \"30s\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.kubernetes.snapshot,
+            Some(PathBuf::from("/etc/clusterdns/state/snap"))
+        );
+        assert_eq!(c.kubernetes.snapshot_interval, Duration::from_secs(30));
+        assert!(
+            c.describe().contains(
+                "snapshot:          /etc/clusterdns/state/snap, written at most every 30s"
+            ),
+            "{}",
+            c.describe()
+        );
+        assert_eq!(
+            Config::default().kubernetes.snapshot_interval,
+            Duration::from_secs(10)
+        );
+        assert_error_at(
+            "[kubernetes]\nsnapshot = \"s\"\n",
+            2,
+            "needs the Kubernetes source",
+        );
+        assert_error_at(
+            "[kubernetes]\nenabled = true\nsnapshot_interval = \"0s\"\n",
+            3,
+            "greater than zero",
+        );
+
+        let c = cli(&[
+            "--kubernetes",
+            "--snapshot",
+            "/s",
+            "--snapshot-interval",
+            "1s",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.kubernetes.snapshot, Some(PathBuf::from("/s")));
+        assert_eq!(c.kubernetes.snapshot_interval, Duration::from_secs(1));
+        for (args, flag) in [
+            (&["--snapshot", "/s"][..], "--snapshot"),
+            (
+                &["--kubernetes", "--snapshot-interval", "soon"][..],
+                "--snapshot-interval",
+            ),
+            (
+                &["--kubernetes", "--snapshot-interval", "0s"][..],
+                "--snapshot-interval",
+            ),
+        ] {
+            let err = cli(args).resolve().unwrap_err();
+            assert!(err.to_string().starts_with(&format!("{flag}: ")), "{err}");
+        }
     }
 
     #[derive(clap::Parser)]

@@ -160,6 +160,8 @@ async fn serve(config: Config) -> Result<()> {
                     namespaces: k.namespaces.clone(),
                     labels: k.labels.clone(),
                     pods: config.pods == PodMode::Verified,
+                    snapshot: k.snapshot.clone(),
+                    snapshot_interval: k.snapshot_interval,
                 },
                 metrics.clone(),
             );

@@ -607,3 +607,154 @@ fn without_a_usable_kubeconfig_or_service_account_serve_stops_with_the_reason() 
     );
     assert!(out.stdout.is_empty(), "nothing may listen without a source");
 }
+
+/// Starts a server with a snapshot file written every 200 ms after a change.
+fn with_snapshot(api: &FakeApi, snapshot: &std::path::Path) -> Server {
+    let path = snapshot.to_string_lossy().into_owned();
+    Server::kubernetes(api, &["--snapshot", &path, "--snapshot-interval", "200ms"])
+}
+
+fn snapshot_text(path: &std::path::Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_snapshot_written_after_changes_serves_a_cold_start_without_api_until_the_first_list() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snapshot = dir.path().join("snapshot");
+    let api = FakeApi::start();
+    small_cluster(&api);
+    {
+        let server = with_snapshot(&api, &snapshot);
+        wait_ready(&server);
+        assert!(eventually(CHANGE, || snapshot_text(&snapshot).contains("192.0.2.10")));
+        api.apply(fakeapi::service("shop", "cart", "192.0.2.80"));
+        assert!(eventually(CHANGE, || snapshot_text(&snapshot).contains("192.0.2.80")));
+        let text = snapshot_text(&snapshot);
+        assert!(text.starts_with("clusterdns-snapshot 1 "), "{text}");
+        assert!(text.contains("198.51.100.2"), "{text}");
+        assert!(
+            !text.contains("resourceVersion"),
+            "objects are trimmed: {text}"
+        );
+        // 3 namespaces, 2 services (+cart), 1 slice.
+        let read = clusterdns::source::snapshot::read(&snapshot).expect("a valid snapshot");
+        assert_eq!(read.objects.len(), 7);
+        assert_eq!(server.metric("clusterdns_snapshot_in_use", ""), 0.0);
+    }
+
+    // The API is reachable at startup: the snapshot is not served, the API's data is.
+    api.delete(Kind::Service, "shop", "cart");
+    {
+        let server = with_snapshot(&api, &snapshot);
+        wait_ready(&server);
+        assert_eq!(
+            rcode(&server, "cart.shop.svc.cluster.local."),
+            ResponseCode::NXDomain
+        );
+        assert_eq!(server.metric("clusterdns_snapshot_in_use", ""), 0.0);
+        assert!(eventually(CHANGE, || !snapshot_text(&snapshot).contains("192.0.2.80")));
+        assert!(!server.log().contains("last-good snapshot"));
+    }
+
+    // Cold start with the API down: the snapshot serves.
+    api.stop();
+    let server = with_snapshot(&api, &snapshot);
+    wait_ready(&server);
+    assert!(answers(
+        &server,
+        "web.default.svc.cluster.local.",
+        &["192.0.2.10"]
+    ));
+    assert!(answers(
+        &server,
+        "db.shop.svc.cluster.local.",
+        &["198.51.100.1", "198.51.100.2"]
+    ));
+    assert_eq!(
+        rcode(&server, "cart.shop.svc.cluster.local."),
+        ResponseCode::NXDomain
+    );
+    assert_eq!(server.metric("clusterdns_snapshot_in_use", ""), 1.0);
+    assert_eq!(
+        server.metric("clusterdns_source_synced", "kind=\"Service\""),
+        0.0
+    );
+    assert!(server.log().contains("serving the last-good snapshot"));
+
+    // While it was down the cluster changed; the first list replaces the snapshot entirely.
+    api.delete(Kind::Service, "default", "web");
+    api.apply(fakeapi::service("default", "fresh", "192.0.2.81"));
+    api.restart();
+    assert!(eventually(Duration::from_secs(20), || answers(
+        &server,
+        "fresh.default.svc.cluster.local.",
+        &["192.0.2.81"]
+    )));
+    assert!(eventually(CHANGE, || rcode(
+        &server,
+        "web.default.svc.cluster.local."
+    ) == ResponseCode::NXDomain));
+    assert!(eventually(CHANGE, || server
+        .metric("clusterdns_snapshot_in_use", "")
+        == 0.0));
+    assert!(eventually(CHANGE, || snapshot_text(&snapshot).contains("192.0.2.81")));
+    assert!(!snapshot_text(&snapshot).contains("192.0.2.10"));
+}
+
+#[test]
+fn a_corrupt_or_truncated_snapshot_is_reported_and_never_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snapshot = dir.path().join("snapshot");
+    let api = FakeApi::start();
+    small_cluster(&api);
+    {
+        let server = with_snapshot(&api, &snapshot);
+        wait_ready(&server);
+        assert!(eventually(CHANGE, || snapshot_text(&snapshot).contains("192.0.2.10")));
+    }
+    let good = std::fs::read(&snapshot).expect("snapshot");
+    api.stop();
+
+    let mut flipped = good.clone();
+    let at = flipped.len() - 30;
+    flipped[at] ^= 0x20;
+    for (what, bytes) in [
+        ("truncated", good[..good.len() - 40].to_vec()),
+        ("checksum mismatch", flipped),
+    ] {
+        std::fs::write(&snapshot, &bytes).expect("corrupt the snapshot");
+        let server = with_snapshot(&api, &snapshot);
+        assert!(eventually(CHANGE, || server
+            .metric("clusterdns_snapshot_errors_total", "op=\"read\"")
+            == 1.0));
+        let log = server.log();
+        assert!(
+            log.contains("corrupt snapshot") && log.contains(what),
+            "{log}"
+        );
+        assert_eq!(http_get(server.ready, "/ready").0, 503);
+        assert_eq!(
+            rcode(&server, "web.default.svc.cluster.local."),
+            ResponseCode::ServFail
+        );
+        assert_eq!(server.metric("clusterdns_snapshot_in_use", ""), 0.0);
+        // The damaged file is left for inspection, not overwritten with nothing.
+        assert_eq!(std::fs::read(&snapshot).expect("snapshot"), bytes);
+    }
+
+    // With the API back, it serves, and writes a good snapshot again.
+    api.restart();
+    let server = with_snapshot(&api, &snapshot);
+    wait_ready(&server);
+    assert!(answers(
+        &server,
+        "web.default.svc.cluster.local.",
+        &["192.0.2.10"]
+    ));
+    assert!(eventually(CHANGE, || {
+        clusterdns::source::snapshot::read(&snapshot).is_ok_and(|s| s.objects.len() == 6)
+    }));
+}

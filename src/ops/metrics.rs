@@ -41,6 +41,12 @@ pub struct Metrics {
     pub source_last_sync: GaugeVec,
     /// Kubernetes API source, by kind: watch or list failures (each retry counts).
     pub source_errors: IntCounterVec,
+    /// 1 while the zone serves the last-good snapshot because the API was unreachable at
+    /// startup (until every watch has listed).
+    pub snapshot_in_use: IntGauge,
+    /// Snapshot failures, by operation (`read`: a corrupt or unreadable file was ignored;
+    /// `write`).
+    pub snapshot_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -148,6 +154,15 @@ impl Metrics {
                 "clusterdns_source_errors_total",
                 "Kubernetes API list or watch failures, by kind (every retry counts).",
                 &["kind"],
+            ),
+            snapshot_in_use: gauge(
+                "clusterdns_snapshot_in_use",
+                "1 while the cluster zone is served from the last-good snapshot.",
+            ),
+            snapshot_errors: counter_vec(
+                "clusterdns_snapshot_errors_total",
+                "Snapshot files ignored (read) or not written (write).",
+                &["op"],
             ),
             registry,
         }

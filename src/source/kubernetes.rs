@@ -23,8 +23,15 @@
 //!   (its end is an `InitDone`) and repairs whatever was missed during the outage.
 //! - A clean end of a watch stream (the API server's timeout, a proxy cutting it) is not an
 //!   error: kube-rs resumes the watch from the last resourceVersion it saw, nothing is missed.
+//! - Snapshot (optional): with a snapshot file, each delivered object is also kept trimmed and
+//!   serialized (see [`crate::source::snapshot`]), and the file is rewritten at most once per
+//!   interval after a change, once every watch has listed. When a watch fails before the first
+//!   complete sync, the snapshot is read and served (`clusterdns_snapshot_in_use` 1) until
+//!   every watch has listed: its objects are entered as if from a list older than any real
+//!   one, so the first real lists replace them and delete those that are gone.
 
 use crate::ops::metrics::Metrics;
+use crate::source::snapshot::{self, SnapshotError};
 use crate::source::{ClusterObject, EventSink, ObjectKey, ObjectKind, SourceEvent};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
@@ -35,6 +42,7 @@ use serde::de::DeserializeOwned;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -73,6 +81,10 @@ pub struct KubernetesOptions {
     pub labels: Option<String>,
     /// Watch Pods too (`pods verified`).
     pub pods: bool,
+    /// Keep a last-good snapshot in this file, written at most once per `snapshot_interval`.
+    pub snapshot: Option<PathBuf>,
+    /// Least time between two snapshot writes.
+    pub snapshot_interval: Duration,
 }
 
 /// A client for the API server: from `kubeconfig` when given, else as kube-rs infers it
@@ -135,16 +147,48 @@ struct UnitState {
 /// State shared by the watches of one source.
 struct Shared {
     units: Mutex<Vec<UnitState>>,
+    /// Per watch, the keys it delivered (its own lock: watches do not wait on each other).
+    keys: Vec<Mutex<Keys>>,
     sink: Arc<dyn EventSink>,
     metrics: Arc<Metrics>,
-    initial_sync_sent: std::sync::atomic::AtomicBool,
+    /// `InitialSyncDone` was sent (after the real lists, or with the snapshot).
+    initial_sync_sent: AtomicBool,
+    /// Every watch has listed at least once.
+    all_listed: AtomicBool,
+    /// Keep serialized objects for the snapshot.
+    keep_objects: bool,
+    /// The objects changed since the last snapshot write.
+    dirty: AtomicBool,
+    /// A watch failed before the first complete sync: time to look at the snapshot.
+    wants_snapshot: tokio::sync::Notify,
+    /// The snapshot was read (or tried) already.
+    snapshot_tried: AtomicBool,
+}
+
+/// The keys one watch delivered, each with the number of the list that last saw it (0: the
+/// snapshot) and, when a snapshot is kept, the object trimmed and serialized.
+#[derive(Default)]
+struct Keys {
+    list: u64,
+    /// A list completed at least once.
+    listed: bool,
+    keys: HashMap<ObjectKey, Entry>,
+}
+
+struct Entry {
+    list: u64,
+    json: Option<Box<str>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock cannot leave the state inconsistent in a way that matters
+    // more than stopping would.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Vec<UnitState>> {
-        // A panic while holding the lock cannot leave the states inconsistent in a way that
-        // matters more than stopping would.
-        self.units.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.units)
     }
 
     /// A list completed: the watch is in sync.
@@ -166,12 +210,15 @@ impl Shared {
         let all_listed = units.iter().all(|u| u.listed);
         self.update_metrics(&units);
         drop(units);
-        if all_listed
-            && !self
-                .initial_sync_sent
-                .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
-            info!("every Kubernetes watch completed its first list: the zone is in sync");
+        if !all_listed || self.all_listed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        info!("every Kubernetes watch completed its first list: the zone is in sync");
+        if self.metrics.snapshot_in_use.get() != 0 {
+            info!("the snapshot is replaced by the API's data");
+            self.metrics.snapshot_in_use.set(0);
+        }
+        if !self.initial_sync_sent.swap(true, Ordering::AcqRel) {
             self.sink.handle(SourceEvent::InitialSyncDone);
         }
     }
@@ -198,6 +245,12 @@ impl Shared {
         unit.failing = true;
         unit.healthy = false;
         self.update_metrics(&units);
+        drop(units);
+        if !self.initial_sync_sent.load(Ordering::Acquire)
+            && !self.snapshot_tried.load(Ordering::Acquire)
+        {
+            self.wants_snapshot.notify_one();
+        }
     }
 
     /// Brings the last-sync time of every healthy watch to now.
@@ -276,10 +329,25 @@ impl KubernetesSource {
         units
     }
 
+    /// Which watch an object of a kind and namespace belongs to.
+    fn units_index(&self, units: &[Unit]) -> HashMap<(ObjectKind, Option<String>), usize> {
+        units
+            .iter()
+            .enumerate()
+            .map(|(id, u)| ((u.kind, u.namespace.clone()), id))
+            .collect()
+    }
+
     /// Runs every watch until `cancel` fires. Sends `InitialSyncDone` once each has listed.
     pub async fn run(self, sink: Arc<dyn EventSink>, cancel: CancellationToken) {
         let units = self.units();
         let shared = Arc::new(Shared {
+            keys: units.iter().map(|_| Mutex::new(Keys::default())).collect(),
+            all_listed: AtomicBool::new(false),
+            keep_objects: self.options.snapshot.is_some(),
+            dirty: AtomicBool::new(false),
+            wants_snapshot: tokio::sync::Notify::new(),
+            snapshot_tried: AtomicBool::new(false),
             units: Mutex::new(
                 units
                     .iter()
@@ -294,12 +362,27 @@ impl KubernetesSource {
             ),
             sink,
             metrics: self.metrics.clone(),
-            initial_sync_sent: std::sync::atomic::AtomicBool::new(false),
+            initial_sync_sent: AtomicBool::new(false),
         });
         shared.update_metrics(&shared.lock());
         let allowed: Option<Arc<HashSet<String>>> = (!self.options.namespaces.is_empty())
             .then(|| Arc::new(self.options.namespaces.iter().cloned().collect()));
         let mut tasks = tokio::task::JoinSet::new();
+        if let Some(path) = &self.options.snapshot {
+            tasks.spawn(serve_snapshot(
+                path.clone(),
+                shared.clone(),
+                self.units_index(&units),
+                allowed.clone(),
+                cancel.clone(),
+            ));
+            tasks.spawn(write_snapshots(
+                path.clone(),
+                self.options.snapshot_interval,
+                shared.clone(),
+                cancel.clone(),
+            ));
+        }
         for (id, unit) in units.into_iter().enumerate() {
             let mut config = watcher::Config::default();
             if let Some(labels) = &self.options.labels
@@ -379,20 +462,12 @@ struct Watch {
     allowed: Option<Arc<HashSet<String>>>,
 }
 
-/// The keys one watch delivered, each with the number of the list that last saw it.
-#[derive(Default)]
-struct Keys {
-    list: u64,
-    keys: HashMap<ObjectKey, u64>,
-}
-
 impl Watch {
     async fn run<K>(self, api: Api<K>, wrap: fn(K) -> ClusterObject)
     where
         K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     {
         let mut backoff = DefaultBackoff::default();
-        let mut keys = Keys::default();
         loop {
             let mut stream = std::pin::pin!(watcher::watcher(api.clone(), self.config.clone()));
             let error = loop {
@@ -401,7 +476,7 @@ impl Watch {
                     item = stream.next() => item,
                 };
                 match item {
-                    Some(Ok(event)) => self.handle(event, &mut keys, wrap),
+                    Some(Ok(event)) => self.handle(event, wrap),
                     Some(Err(watcher::Error::WatchError(status))) if status.code == 410 => {
                         // kube-rs relists on the next poll.
                         info!(watch = %self.what, "resourceVersion too old (410 Gone); relisting");
@@ -423,8 +498,13 @@ impl Watch {
         }
     }
 
-    fn handle<K>(&self, event: Event<K>, keys: &mut Keys, wrap: fn(K) -> ClusterObject) {
-        let sink = self.shared.sink.as_ref();
+    fn handle<K>(&self, event: Event<K>, wrap: fn(K) -> ClusterObject) {
+        let shared = self.shared.as_ref();
+        let sink = shared.sink.as_ref();
+        let Some(keys) = shared.keys.get(self.id) else {
+            return;
+        };
+        let mut keys = lock(keys);
         match event {
             Event::Init => {
                 keys.list += 1;
@@ -436,7 +516,13 @@ impl Watch {
                     return;
                 }
                 if let Some(key) = object.key() {
-                    keys.keys.insert(key, keys.list);
+                    let json = shared.keep_objects.then(|| encode(&object)).flatten();
+                    if shared.keep_objects && keys.keys.get(&key).is_none_or(|old| old.json != json)
+                    {
+                        shared.dirty.store(true, Ordering::Release);
+                    }
+                    let list = keys.list;
+                    keys.keys.insert(key, Entry { list, json });
                 }
                 // An object without a name is counted and skipped by the zone.
                 sink.handle(SourceEvent::Apply(object));
@@ -446,28 +532,30 @@ impl Watch {
                     return;
                 };
                 if keys.keys.remove(&key).is_some() {
+                    shared.dirty.store(true, Ordering::Release);
                     sink.handle(SourceEvent::Delete(key));
                 }
             }
             Event::InitDone => {
                 let current = keys.list;
                 let mut deleted = 0usize;
-                keys.keys.retain(|key, list| {
-                    if *list == current {
+                keys.keys.retain(|key, entry| {
+                    if entry.list == current {
                         return true;
                     }
                     sink.handle(SourceEvent::Delete(key.clone()));
                     deleted += 1;
                     false
                 });
-                keys.keys.shrink_to(keys.keys.len().saturating_mul(2));
-                debug!(
-                    watch = %self.what,
-                    objects = keys.keys.len(),
-                    deleted,
-                    "list complete"
-                );
-                self.shared.listed(self.id, &self.what);
+                let len = keys.keys.len();
+                keys.keys.shrink_to(len.saturating_mul(2));
+                keys.listed = true;
+                drop(keys);
+                if deleted > 0 {
+                    shared.dirty.store(true, Ordering::Release);
+                }
+                debug!(watch = %self.what, objects = len, deleted, "list complete");
+                shared.listed(self.id, &self.what);
             }
         }
     }
@@ -480,6 +568,162 @@ impl Watch {
                 .as_ref()
                 .is_some_and(|name| allowed.contains(name)),
             _ => true,
+        }
+    }
+}
+
+/// The object trimmed and serialized for the snapshot (`None`, logged, if it cannot be).
+fn encode(object: &ClusterObject) -> Option<Box<str>> {
+    match snapshot::encode_object(&snapshot::trim(object)) {
+        Ok(json) => Some(json),
+        Err(error) => {
+            warn!(%error, "object cannot be kept for the snapshot");
+            None
+        }
+    }
+}
+
+/// Waits until a watch fails before the first complete sync, then serves the snapshot (if it
+/// is intact) until the real lists complete.
+async fn serve_snapshot(
+    path: PathBuf,
+    shared: Arc<Shared>,
+    index: HashMap<(ObjectKind, Option<String>), usize>,
+    allowed: Option<Arc<HashSet<String>>>,
+    cancel: CancellationToken,
+) {
+    tokio::select! {
+        _ = cancel.cancelled() => return,
+        _ = shared.wants_snapshot.notified() => {}
+    }
+    if shared.snapshot_tried.swap(true, Ordering::AcqRel)
+        || shared.initial_sync_sent.load(Ordering::Acquire)
+    {
+        return;
+    }
+    let read_path = path.clone();
+    let read = tokio::task::spawn_blocking(move || snapshot::read(&read_path)).await;
+    let snap = match read {
+        Ok(Ok(snap)) => snap,
+        Ok(Err(SnapshotError::Io { source, .. }))
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            info!(path = %path.display(), "API unreachable and no snapshot yet; waiting for the API");
+            return;
+        }
+        Ok(Err(error)) => {
+            warn!(%error, "snapshot ignored; waiting for the API");
+            shared
+                .metrics
+                .snapshot_errors
+                .with_label_values(&["read"])
+                .inc();
+            return;
+        }
+        Err(error) => {
+            warn!(%error, "snapshot read task failed; waiting for the API");
+            return;
+        }
+    };
+    let mut served = 0usize;
+    for object in snap.objects {
+        let Some(key) = object.key() else { continue };
+        let unit = if key.kind == ObjectKind::Namespace {
+            if allowed.as_ref().is_some_and(|a| !a.contains(&key.name)) {
+                continue;
+            }
+            index.get(&(key.kind, None))
+        } else {
+            index
+                .get(&(key.kind, Some(key.namespace.clone())))
+                .or_else(|| index.get(&(key.kind, None)))
+        };
+        let Some(keys) = unit.and_then(|id| shared.keys.get(*id)) else {
+            continue;
+        };
+        let mut keys = lock(keys);
+        // Real data wins: a watch that listed, or an object the current list already sent.
+        if keys.listed || keys.keys.contains_key(&key) {
+            continue;
+        }
+        let json = shared.keep_objects.then(|| encode(&object)).flatten();
+        keys.keys.insert(key, Entry { list: 0, json });
+        shared.sink.handle(SourceEvent::Apply(object));
+        served += 1;
+    }
+    if shared.initial_sync_sent.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let age = SystemTime::now()
+        .duration_since(snap.written)
+        .unwrap_or_default();
+    warn!(
+        path = %path.display(),
+        objects = served,
+        age_seconds = age.as_secs(),
+        "Kubernetes API unreachable at startup: serving the last-good snapshot until the first list"
+    );
+    shared.metrics.snapshot_in_use.set(1);
+    shared.sink.handle(SourceEvent::InitialSyncDone);
+}
+
+/// Rewrites the snapshot at most once per `interval` after a change, once every watch listed.
+async fn write_snapshots(
+    path: PathBuf,
+    interval: Duration,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if !shared.all_listed.load(Ordering::Acquire) || !shared.dirty.swap(false, Ordering::AcqRel)
+        {
+            continue;
+        }
+        let mut builder = snapshot::Builder::default();
+        for keys in &shared.keys {
+            let keys = lock(keys);
+            for entry in keys.keys.values() {
+                if let Some(json) = &entry.json {
+                    builder.push(json);
+                }
+            }
+        }
+        let objects = builder.len();
+        let (header, body) = builder.finish(SystemTime::now());
+        let write_path = path.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            snapshot::write_atomic(&write_path, &[&header, &body])
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {
+                if failing {
+                    info!(path = %path.display(), "snapshot written again");
+                    failing = false;
+                }
+                debug!(path = %path.display(), objects, "snapshot written");
+            }
+            Ok(Err(error)) => {
+                shared
+                    .metrics
+                    .snapshot_errors
+                    .with_label_values(&["write"])
+                    .inc();
+                if !failing {
+                    warn!(%error, "cannot write the snapshot; will retry after the next change");
+                    failing = true;
+                }
+                // Try again at the next tick.
+                shared.dirty.store(true, Ordering::Release);
+            }
+            Err(error) => warn!(%error, "snapshot write task failed"),
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod kubernetes;
 pub mod manifests;
+pub mod snapshot;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
