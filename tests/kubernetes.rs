@@ -758,3 +758,107 @@ fn a_corrupt_or_truncated_snapshot_is_reported_and_never_served() {
         clusterdns::source::snapshot::read(&snapshot).is_ok_and(|s| s.objects.len() == 6)
     }));
 }
+
+#[test]
+fn an_api_server_that_never_answers_gets_the_snapshot_served_after_a_grace_period() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snapshot = dir.path().join("snapshot");
+    let api = FakeApi::start();
+    small_cluster(&api);
+    {
+        let server = with_snapshot(&api, &snapshot);
+        wait_ready(&server);
+        assert!(eventually(CHANGE, || snapshot_text(&snapshot).contains("192.0.2.10")));
+    }
+    api.hold_everything();
+    api.apply(fakeapi::service("default", "web", "192.0.2.13"));
+    let started = Instant::now();
+    let server = with_snapshot(&api, &snapshot);
+    wait_ready(&server);
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "served before the grace period"
+    );
+    assert!(answers(
+        &server,
+        "web.default.svc.cluster.local.",
+        &["192.0.2.10"]
+    ));
+    assert_eq!(server.metric("clusterdns_snapshot_in_use", ""), 1.0);
+    assert!(
+        server.log().contains("no complete list yet"),
+        "{}",
+        server.log()
+    );
+    assert!(!server.log().contains("watch failing"));
+
+    api.release_watches();
+    assert!(eventually(CHANGE, || answers(
+        &server,
+        "web.default.svc.cluster.local.",
+        &["192.0.2.13"]
+    )));
+    assert!(eventually(CHANGE, || server
+        .metric("clusterdns_snapshot_in_use", "")
+        == 0.0));
+}
+
+#[test]
+fn bookmarks_keep_an_idle_watch_resumable_after_compaction() {
+    let api = FakeApi::start();
+    small_cluster(&api);
+    let server = Server::kubernetes(&api, &[]);
+    wait_ready(&server);
+    assert!(eventually(CHANGE, || api.open_watches() == 3));
+    let lists = api.requests(Kind::Service, "list");
+    // Only namespaces change: the Service watch sees no event, only bookmarks.
+    for i in 0..20 {
+        api.apply(fakeapi::namespace(&format!("ns-{i}")));
+    }
+    let rv = api.resource_version();
+    // The fake sends bookmarks every 200 ms.
+    std::thread::sleep(Duration::from_millis(700));
+    api.compact();
+    api.cut_watches();
+    assert!(eventually(CHANGE, || api.open_watches() == 3));
+    api.apply(fakeapi::service("default", "after", "192.0.2.90"));
+    assert!(eventually(CHANGE, || answers(
+        &server,
+        "after.default.svc.cluster.local.",
+        &["192.0.2.90"]
+    )));
+    // Resumed from the bookmark's resourceVersion: no 410, no relist.
+    assert_eq!(api.requests(Kind::Service, "list"), lists);
+    assert!(!server.log().contains("410 Gone"), "{}", server.log());
+    assert!(rv > 6);
+}
+
+#[test]
+fn unauthorized_while_running_keeps_the_answers_and_recovers_when_the_token_works_again() {
+    let api = FakeApi::start();
+    small_cluster(&api);
+    let server = Server::kubernetes(&api, &[]);
+    wait_ready(&server);
+    // A rotated token the API server refuses for a while.
+    api.fail_with(Some(401));
+    assert!(eventually(CHANGE, || server
+        .log()
+        .contains("watch failing")));
+    assert!(server.log().contains("401"), "{}", server.log());
+    assert!(answers(
+        &server,
+        "web.default.svc.cluster.local.",
+        &["192.0.2.10"]
+    ));
+    assert_eq!(http_get(server.ready, "/ready").0, 200);
+    api.apply(fakeapi::service("default", "web", "192.0.2.14"));
+    api.fail_with(None);
+    assert!(eventually(Duration::from_secs(20), || answers(
+        &server,
+        "web.default.svc.cluster.local.",
+        &["192.0.2.14"]
+    )));
+    assert!(eventually(CHANGE, || server
+        .metric("clusterdns_source_synced", "kind=\"Service\"")
+        == 1.0));
+}

@@ -26,7 +26,7 @@
 //! - Snapshot (optional): with a snapshot file, each delivered object is also kept trimmed and
 //!   serialized (see [`crate::source::snapshot`]), and the file is rewritten at most once per
 //!   interval after a change, once every watch has listed. When a watch fails before the first
-//!   complete sync, the snapshot is read and served (`clusterdns_snapshot_in_use` 1) until
+//!   complete sync, or the first sync takes longer than 5 s, the snapshot is read and served (`clusterdns_snapshot_in_use` 1) until
 //!   every watch has listed: its objects are entered as if from a list older than any real
 //!   one, so the first real lists replace them and delete those that are gone.
 
@@ -50,6 +50,9 @@ use tracing::{debug, info, warn};
 
 /// How often the "last sync" metrics of healthy watches are brought forward.
 const METRICS_TICK: Duration = Duration::from_secs(1);
+/// With a snapshot configured, how long the first lists may take before the snapshot is
+/// served anyway (an API server that accepts connections but does not answer fails nothing).
+const SNAPSHOT_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the Kubernetes source cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -592,10 +595,11 @@ async fn serve_snapshot(
     allowed: Option<Arc<HashSet<String>>>,
     cancel: CancellationToken,
 ) {
-    tokio::select! {
+    let why = tokio::select! {
         _ = cancel.cancelled() => return,
-        _ = shared.wants_snapshot.notified() => {}
-    }
+        _ = shared.wants_snapshot.notified() => "a watch failed",
+        _ = tokio::time::sleep(SNAPSHOT_GRACE) => "no complete list yet",
+    };
     if shared.snapshot_tried.swap(true, Ordering::AcqRel)
         || shared.initial_sync_sent.load(Ordering::Acquire)
     {
@@ -661,7 +665,7 @@ async fn serve_snapshot(
         path = %path.display(),
         objects = served,
         age_seconds = age.as_secs(),
-        "Kubernetes API unreachable at startup: serving the last-good snapshot until the first list"
+        "Kubernetes API unreachable at startup ({why}): serving the last-good snapshot until the first list"
     );
     shared.metrics.snapshot_in_use.set(1);
     shared.sink.handle(SourceEvent::InitialSyncDone);

@@ -116,6 +116,8 @@ struct State {
     requests: HashMap<(Kind, &'static str), usize>,
     /// True while new watch requests are held (answered once it turns false).
     watches_held: Option<tokio::sync::watch::Sender<bool>>,
+    /// Lists are held too (an API server that accepts connections and never answers).
+    lists_held: bool,
 }
 
 /// A requirement of a label selector.
@@ -240,9 +242,18 @@ impl FakeApi {
         }
     }
 
-    /// Answers the watch requests held since [`FakeApi::hold_watches`].
+    /// Holds every new request, lists included, until [`FakeApi::release_watches`].
+    pub fn hold_everything(&self) {
+        self.hold_watches();
+        self.lock().lists_held = true;
+    }
+
+    /// Answers the requests held since [`FakeApi::hold_watches`] or
+    /// [`FakeApi::hold_everything`].
     pub fn release_watches(&self) {
-        if let Some(tx) = &self.lock().watches_held {
+        let mut state = self.lock();
+        state.lists_held = false;
+        if let Some(tx) = &state.watches_held {
             tx.send_replace(false);
         }
     }
@@ -435,12 +446,12 @@ fn serve(state: Arc<Mutex<State>>, listener: std::net::TcpListener) -> tokio::ru
                     .uri()
                     .query()
                     .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
-                let held = watch
-                    .then(|| {
-                        let state = state.lock().unwrap_or_else(|p| p.into_inner());
-                        state.watches_held.as_ref().map(|tx| tx.subscribe())
-                    })
-                    .flatten();
+                let held = {
+                    let state = state.lock().unwrap_or_else(|p| p.into_inner());
+                    (watch || state.lists_held)
+                        .then(|| state.watches_held.as_ref().map(|tx| tx.subscribe()))
+                        .flatten()
+                };
                 if let Some(mut rx) = held {
                     let _ = rx.wait_for(|held| !held).await;
                 }
