@@ -731,3 +731,230 @@ async fn write_snapshots(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what the source sends.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl EventSink for Recorder {
+        fn handle(&self, event: SourceEvent) {
+            let line = match event {
+                SourceEvent::Apply(o) => {
+                    format!("apply {}", o.key().map_or("?".into(), |k| k.to_string()))
+                }
+                SourceEvent::Delete(k) => format!("delete {k}"),
+                SourceEvent::InitialSyncDone => "synced".to_string(),
+            };
+            lock(&self.0).push(line);
+        }
+    }
+
+    impl Recorder {
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *lock(&self.0))
+        }
+    }
+
+    fn shared(kinds: &[ObjectKind], sink: Arc<Recorder>, keep_objects: bool) -> Arc<Shared> {
+        Arc::new(Shared {
+            units: Mutex::new(
+                kinds
+                    .iter()
+                    .map(|&kind| UnitState {
+                        kind,
+                        listed: false,
+                        healthy: false,
+                        failing: false,
+                        last_sync: None,
+                    })
+                    .collect(),
+            ),
+            keys: kinds.iter().map(|_| Mutex::new(Keys::default())).collect(),
+            sink,
+            metrics: Arc::new(Metrics::new()),
+            initial_sync_sent: AtomicBool::new(false),
+            all_listed: AtomicBool::new(false),
+            keep_objects,
+            dirty: AtomicBool::new(false),
+            wants_snapshot: tokio::sync::Notify::new(),
+            snapshot_tried: AtomicBool::new(false),
+        })
+    }
+
+    fn watch(id: usize, shared: &Arc<Shared>, allowed: Option<&[&str]>) -> Watch {
+        Watch {
+            id,
+            what: format!("watch {id}"),
+            config: watcher::Config::default(),
+            shared: shared.clone(),
+            cancel: CancellationToken::new(),
+            allowed: allowed.map(|a| Arc::new(a.iter().map(|s| s.to_string()).collect())),
+        }
+    }
+
+    fn svc(name: &str, ip: &str) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"clusterIP": ip}
+        }))
+        .expect("service")
+    }
+
+    fn ns(name: &str) -> Namespace {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("ns")
+    }
+
+    fn as_service(o: Service) -> ClusterObject {
+        ClusterObject::Service(Box::new(o))
+    }
+
+    fn as_namespace(o: Namespace) -> ClusterObject {
+        ClusterObject::Namespace(Box::new(o))
+    }
+
+    #[test]
+    fn a_relist_deletes_only_what_it_did_not_see_and_sync_waits_for_every_watch() {
+        let sink = Arc::new(Recorder::default());
+        let shared = shared(
+            &[ObjectKind::Service, ObjectKind::Namespace],
+            sink.clone(),
+            false,
+        );
+        let services = watch(0, &shared, None);
+        let namespaces = watch(1, &shared, None);
+
+        services.handle(Event::Init, as_service);
+        services.handle(Event::InitApply(svc("a", "192.0.2.1")), as_service);
+        services.handle(Event::InitApply(svc("b", "192.0.2.2")), as_service);
+        services.handle(Event::InitDone, as_service);
+        assert_eq!(sink.take(), ["apply Service ns/a", "apply Service ns/b"]);
+        assert_eq!(shared.metrics.synced.get(), 0);
+        assert!(
+            !shared.initial_sync_sent.load(Ordering::Acquire),
+            "namespaces not listed yet"
+        );
+
+        namespaces.handle(Event::Init, as_namespace);
+        namespaces.handle(Event::InitDone, as_namespace);
+        assert_eq!(sink.take(), ["synced"]);
+
+        // Live changes; a delete of an unknown object is not passed on.
+        services.handle(Event::Apply(svc("c", "192.0.2.3")), as_service);
+        services.handle(Event::Delete(svc("zz", "192.0.2.9")), as_service);
+        services.handle(Event::Delete(svc("a", "192.0.2.1")), as_service);
+        assert_eq!(sink.take(), ["apply Service ns/c", "delete Service ns/a"]);
+
+        // A relist that sees b only: c is deleted at its end, not before; no second "synced".
+        services.handle(Event::Init, as_service);
+        services.handle(Event::InitApply(svc("b", "192.0.2.2")), as_service);
+        assert_eq!(sink.take(), ["apply Service ns/b"]);
+        services.handle(Event::InitDone, as_service);
+        assert_eq!(sink.take(), ["delete Service ns/c"]);
+        let keys = lock(&shared.keys[0]);
+        assert_eq!(keys.keys.len(), 1);
+        assert!(
+            keys.keys.values().all(|e| e.json.is_none()),
+            "no objects kept"
+        );
+    }
+
+    #[test]
+    fn with_a_namespace_list_other_namespaces_are_not_delivered() {
+        let sink = Arc::new(Recorder::default());
+        let shared = shared(&[ObjectKind::Namespace], sink.clone(), false);
+        let namespaces = watch(0, &shared, Some(&["shop"]));
+        namespaces.handle(Event::Init, as_namespace);
+        namespaces.handle(Event::InitApply(ns("shop")), as_namespace);
+        namespaces.handle(Event::InitApply(ns("other")), as_namespace);
+        namespaces.handle(Event::InitDone, as_namespace);
+        namespaces.handle(Event::Delete(ns("other")), as_namespace);
+        assert_eq!(sink.take(), ["apply Namespace shop", "synced"]);
+    }
+
+    #[test]
+    fn metrics_per_kind_take_the_worst_watch_of_that_kind() {
+        let sink = Arc::new(Recorder::default());
+        let kinds = [
+            ObjectKind::Service,
+            ObjectKind::Service,
+            ObjectKind::Namespace,
+        ];
+        let shared = shared(&kinds, sink, true);
+        let metric = |kind: &str| {
+            (
+                shared
+                    .metrics
+                    .source_synced
+                    .with_label_values(&[kind])
+                    .get(),
+                shared
+                    .metrics
+                    .source_last_sync
+                    .with_label_values(&[kind])
+                    .get(),
+            )
+        };
+        shared.listed(0, "a");
+        assert_eq!(
+            metric("Service"),
+            (0, 0.0),
+            "one Service watch has not listed"
+        );
+        shared.listed(1, "b");
+        shared.listed(2, "c");
+        let (synced, first) = metric("Service");
+        assert_eq!(synced, 1);
+        assert!(first > 1.0e9);
+        let error = watcher::Error::NoResourceVersion;
+        shared.failed(1, "b", &error);
+        shared.failed(1, "b", &error);
+        assert_eq!(metric("Service").0, 0);
+        assert_eq!(metric("Namespace").0, 1);
+        assert_eq!(
+            shared
+                .metrics
+                .source_errors
+                .with_label_values(&["Service"])
+                .get(),
+            2
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        shared.tick();
+        let held = metric("Service").1;
+        assert!(held >= first);
+        std::thread::sleep(Duration::from_millis(20));
+        shared.tick();
+        // The failing watch holds the Service time back; Namespaces advance.
+        assert_eq!(metric("Service").1, held);
+        assert!(metric("Namespace").1 > held);
+        shared.listed(1, "b");
+        assert_eq!(metric("Service").0, 1);
+        assert!(metric("Service").1 > first);
+    }
+
+    #[test]
+    fn kept_objects_mark_the_snapshot_dirty_only_when_they_change() {
+        let sink = Arc::new(Recorder::default());
+        let shared = shared(&[ObjectKind::Service], sink, true);
+        let services = watch(0, &shared, None);
+        services.handle(Event::Init, as_service);
+        services.handle(Event::InitApply(svc("a", "192.0.2.1")), as_service);
+        services.handle(Event::InitDone, as_service);
+        assert!(shared.dirty.swap(false, Ordering::AcqRel));
+        // A relist that brings the same object: nothing to write.
+        services.handle(Event::Init, as_service);
+        services.handle(Event::InitApply(svc("a", "192.0.2.1")), as_service);
+        services.handle(Event::InitDone, as_service);
+        assert!(!shared.dirty.load(Ordering::Acquire));
+        services.handle(Event::Apply(svc("a", "192.0.2.2")), as_service);
+        assert!(shared.dirty.swap(false, Ordering::AcqRel));
+        services.handle(Event::Delete(svc("a", "192.0.2.2")), as_service);
+        assert!(shared.dirty.load(Ordering::Acquire));
+        let keys = lock(&shared.keys[0]);
+        assert!(keys.keys.is_empty());
+    }
+}
