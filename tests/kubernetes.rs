@@ -678,6 +678,8 @@ fn a_snapshot_written_after_changes_serves_a_cold_start_without_api_until_the_fi
         ResponseCode::NXDomain
     );
     assert_eq!(server.metric("clusterdns_snapshot_in_use", ""), 1.0);
+    // 3 namespaces, web, db and its slice.
+    assert_eq!(server.metric("clusterdns_snapshot_objects", ""), 6.0);
     assert_eq!(
         server.metric("clusterdns_source_synced", "kind=\"Service\""),
         0.0
@@ -700,6 +702,7 @@ fn a_snapshot_written_after_changes_serves_a_cold_start_without_api_until_the_fi
     assert!(eventually(CHANGE, || server
         .metric("clusterdns_snapshot_in_use", "")
         == 0.0));
+    assert_eq!(server.metric("clusterdns_snapshot_objects", ""), 0.0);
     assert!(eventually(CHANGE, || snapshot_text(&snapshot).contains("192.0.2.81")));
     assert!(!snapshot_text(&snapshot).contains("192.0.2.10"));
 }

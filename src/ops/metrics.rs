@@ -44,6 +44,8 @@ pub struct Metrics {
     /// 1 while the zone serves the last-good snapshot because the API was unreachable at
     /// startup (until every watch has listed).
     pub snapshot_in_use: IntGauge,
+    /// Objects served from the snapshot while it is in use (0 otherwise).
+    pub snapshot_objects: IntGauge,
     /// Snapshot failures, by operation (`read`: a corrupt or unreadable file was ignored;
     /// `write`).
     pub snapshot_errors: IntCounterVec,
@@ -158,6 +160,10 @@ impl Metrics {
             snapshot_in_use: gauge(
                 "clusterdns_snapshot_in_use",
                 "1 while the cluster zone is served from the last-good snapshot.",
+            ),
+            snapshot_objects: gauge(
+                "clusterdns_snapshot_objects",
+                "Objects served from the last-good snapshot while it is in use.",
             ),
             snapshot_errors: counter_vec(
                 "clusterdns_snapshot_errors_total",

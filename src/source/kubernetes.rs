@@ -220,6 +220,7 @@ impl Shared {
         if self.metrics.snapshot_in_use.get() != 0 {
             info!("the snapshot is replaced by the API's data");
             self.metrics.snapshot_in_use.set(0);
+            self.metrics.snapshot_objects.set(0);
         }
         if !self.initial_sync_sent.swap(true, Ordering::AcqRel) {
             self.sink.handle(SourceEvent::InitialSyncDone);
@@ -668,6 +669,10 @@ async fn serve_snapshot(
         "Kubernetes API unreachable at startup ({why}): serving the last-good snapshot until the first list"
     );
     shared.metrics.snapshot_in_use.set(1);
+    shared
+        .metrics
+        .snapshot_objects
+        .set(i64::try_from(served).unwrap_or(i64::MAX));
     shared.sink.handle(SourceEvent::InitialSyncDone);
 }
 
