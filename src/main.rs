@@ -100,6 +100,9 @@ fn init_tracing() {
         .init();
 }
 
+/// How long the sources and HTTP listeners get to finish after SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Announces a bound listener on stdout: tests and scripts read the real port from here.
 fn announce(kind: &str, addr: SocketAddr) {
     let mut out = std::io::stdout().lock();
@@ -261,7 +264,16 @@ async fn serve(config: Config) -> Result<()> {
     info!("shutting down");
     cancel.cancel();
     while dns_tasks.join_next().await.is_some() {}
-    tasks.abort_all();
+    // Sources and HTTP listeners stop on `cancel` (the Kubernetes source writes its last
+    // snapshot first); whatever is still running after a short grace is cut.
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!("some tasks did not stop in time; cutting them");
+        tasks.abort_all();
+    }
     Ok(())
 }
 

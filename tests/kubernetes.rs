@@ -933,3 +933,30 @@ fn a_relist_of_a_large_cluster_does_not_double_the_memory() {
         "peak grew by {growth} kB during relists, from {rss_synced} kB after the first sync"
     );
 }
+
+#[test]
+fn a_shutdown_writes_the_changes_not_yet_in_the_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snapshot = dir.path().join("snapshot");
+    let api = FakeApi::start();
+    small_cluster(&api);
+    let path = snapshot.to_string_lossy().into_owned();
+    let mut server = Server::kubernetes(&api, &["--snapshot", &path, "--snapshot-interval", "1h"]);
+    wait_ready(&server);
+    api.apply(fakeapi::service("default", "late", "192.0.2.95"));
+    assert!(eventually(CHANGE, || answers(
+        &server,
+        "late.default.svc.cluster.local.",
+        &["192.0.2.95"]
+    )));
+    // Nothing written yet: the interval has not passed since the server started.
+    assert!(!snapshot.exists());
+    let status = server.terminate().expect("clusterdns stops on SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", server.log());
+    let text = snapshot_text(&snapshot);
+    assert!(
+        text.contains("192.0.2.95") && text.contains("192.0.2.10"),
+        "{text}"
+    );
+    assert!(clusterdns::source::snapshot::read(&snapshot).is_ok());
+}

@@ -25,7 +25,7 @@
 //!   error: kube-rs resumes the watch from the last resourceVersion it saw, nothing is missed.
 //! - Snapshot (optional): with a snapshot file, each delivered object is also kept trimmed and
 //!   serialized (see [`crate::source::snapshot`]), and the file is rewritten at most once per
-//!   interval after a change, once every watch has listed. When a watch fails before the first
+//!   interval after a change, once every watch has listed, and once more at shutdown. When a watch fails before the first
 //!   complete sync, or the first sync takes longer than 5 s, the snapshot is read and served (`clusterdns_snapshot_in_use` 1) until
 //!   every watch has listed: its objects are entered as if from a list older than any real
 //!   one, so the first real lists replace them and delete those that are gone.
@@ -439,7 +439,8 @@ impl KubernetesSource {
                 _ = ticker.tick() => shared.tick(),
             }
         }
-        tasks.abort_all();
+        // Every task stops on `cancel`; the snapshot writer writes pending changes first.
+        while tasks.join_next().await.is_some() {}
     }
 }
 
@@ -687,12 +688,15 @@ async fn write_snapshots(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
+        let stopping = tokio::select! {
+            _ = cancel.cancelled() => true,
+            _ = ticker.tick() => false,
+        };
         if !shared.all_listed.load(Ordering::Acquire) || !shared.dirty.swap(false, Ordering::AcqRel)
         {
+            if stopping {
+                return;
+            }
             continue;
         }
         let mut builder = snapshot::Builder::default();
@@ -733,6 +737,9 @@ async fn write_snapshots(
                 shared.dirty.store(true, Ordering::Release);
             }
             Err(error) => warn!(%error, "snapshot write task failed"),
+        }
+        if stopping {
+            return;
         }
     }
 }
