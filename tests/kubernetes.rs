@@ -543,16 +543,7 @@ fn verified_pod_records_come_from_watched_pods() {
 fn thousands_of_objects_list_in_pages_and_serve() {
     const N: usize = 3000;
     let api = FakeApi::start();
-    api.apply(fakeapi::namespace("bulk"));
-    api.apply_all((0..N).flat_map(|i| {
-        let name = format!("svc-{i}");
-        let ip = format!("10.{}.{}.{}", i / 65536 % 256, i / 256 % 256, i % 256);
-        let ep = format!("10.200.{}.{}", i / 256 % 256, i % 256);
-        [
-            fakeapi::service("bulk", &name, &ip),
-            fakeapi::endpoint_slice("bulk", &format!("{name}-1"), &name, &[&ep]),
-        ]
-    }));
+    api.apply_all(fakeapi::generated_cluster("bulk", N));
     let started = Instant::now();
     let server = Server::kubernetes(&api, &[]);
     wait_ready(&server);
@@ -870,21 +861,13 @@ fn unauthorized_while_running_keeps_the_answers_and_recovers_when_the_token_work
 fn a_relist_of_a_large_cluster_does_not_double_the_memory() {
     const N: usize = 10_000;
     let api = FakeApi::start();
-    api.apply(fakeapi::namespace("bulk"));
-    api.apply_all((0..N).flat_map(|i| {
-        let name = format!("svc-{i}");
-        let ip = format!("10.{}.{}.{}", i / 65536 % 256, i / 256 % 256, i % 256);
-        let ep = format!("10.200.{}.{}", i / 256 % 256, i % 256);
-        // As real API objects, they carry much that DNS does not need (here a 2 kB
-        // last-applied annotation): a relist that held API objects would show.
-        let mut service = fakeapi::service("bulk", &name, &ip);
-        let mut slice = fakeapi::endpoint_slice("bulk", &format!("{name}-1"), &name, &[&ep]);
-        for object in [&mut service, &mut slice] {
-            object["metadata"]["annotations"] = serde_json::json!({
-                "kubectl.kubernetes.io/last-applied-configuration": "x".repeat(2000)
-            });
-        }
-        [service, slice]
+    // As real API objects, they carry much that DNS does not need (here a 2 kB last-applied
+    // annotation): a relist that held API objects would show.
+    api.apply_all(fakeapi::generated_cluster("bulk", N).map(|mut object| {
+        object["metadata"]["annotations"] = serde_json::json!({
+            "kubectl.kubernetes.io/last-applied-configuration": "x".repeat(2000)
+        });
+        object
     }));
     let server = Server::kubernetes(&api, &[]);
     wait_ready(&server);

@@ -93,6 +93,10 @@ struct Watcher {
     tx: mpsc::UnboundedSender<Bytes>,
 }
 
+/// Changes kept for resuming watches; beyond it the older half is compacted away, as etcd
+/// does (a watch from before that gets 410 Gone).
+const HISTORY_LIMIT: usize = 200_000;
+
 /// One change, kept for watches that resume from an older resourceVersion.
 struct Change {
     rv: u64,
@@ -425,6 +429,12 @@ fn record_change(
         line,
         labels,
     });
+    if state.history.len() > HISTORY_LIMIT {
+        let dropped: Vec<Change> = state.history.drain(..HISTORY_LIMIT / 2).collect();
+        if let Some(last) = dropped.last() {
+            state.compacted = last.rv;
+        }
+    }
 }
 
 /// Runs the HTTP server for `state` on `listener` in a runtime of its own, so that stopping it
@@ -735,6 +745,21 @@ fn watch_response(
 
 // ---------------------------------------------------------------------------------------------
 // Object builders (real Kubernetes JSON).
+
+/// A generated cluster for scale tests: namespace `ns` and `n` ClusterIP services
+/// `svc-<i>` (ClusterIP 10.x.y.z counting from 10.0.0.0), each with one EndpointSlice
+/// `svc-<i>-1` holding one ready endpoint (10.200.y.z).
+pub fn generated_cluster(ns: &str, n: usize) -> impl Iterator<Item = Value> + '_ {
+    std::iter::once(namespace(ns)).chain((0..n).flat_map(move |i| {
+        let name = format!("svc-{i}");
+        let ip = format!("10.{}.{}.{}", i / 65536 % 256, i / 256 % 256, i % 256);
+        let ep = format!("10.200.{}.{}", i / 256 % 256, i % 256);
+        [
+            service(ns, &name, &ip),
+            endpoint_slice(ns, &format!("{name}-1"), &name, &[&ep]),
+        ]
+    }))
+}
 
 /// A Namespace.
 pub fn namespace(name: &str) -> Value {
