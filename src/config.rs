@@ -76,10 +76,89 @@ pub struct Config {
     pub ready_listen: Option<SocketAddr>,
     /// The `[server]` table: socket and concurrency knobs.
     pub server: ServerConfig,
-    /// The `[upstream]` table: forwarding timeouts.
+    /// The `[upstream]` table: forwarding timeouts and limits.
     pub upstream: UpstreamConfig,
+    /// The `[cache]` table: the cache of upstream answers.
+    pub cache: CacheConfig,
+    /// The `[log]` table: log format and the query log.
+    pub log: LogConfig,
+    /// On SIGTERM, how long DNS keeps answering while /health and /ready say 503, so
+    /// kube-proxy takes the pod out of the Service before it stops (CoreDNS `lameduck`).
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub lameduck: Duration,
     /// The `[kubernetes]` table: the Kubernetes API source.
     pub kubernetes: KubernetesConfig,
+}
+
+/// The `[log]` table.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (one human-readable line per event) or `json` (one JSON object per line).
+    pub format: LogFormat,
+    /// One log line per query (client, name, type, rcode, duration, source), like CoreDNS's
+    /// `log` plugin. Off by default: at cluster rates it is a firehose.
+    pub queries: bool,
+    /// Fraction of queries logged when `queries` is on (0.0..=1.0).
+    #[serde(deserialize_with = "de_fraction")]
+    pub query_sample: f64,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            format: LogFormat::Text,
+            queries: false,
+            query_sample: 1.0,
+        }
+    }
+}
+
+fn de_fraction<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let value = f64::deserialize(d)?;
+    if !(0.0..=1.0).contains(&value) {
+        return Err(de::Error::custom(format!(
+            "invalid fraction {value}: must be between 0.0 and 1.0"
+        )));
+    }
+    Ok(value)
+}
+
+/// The `[cache]` table: what is kept of upstream answers, and for how long.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Positive answers kept at most (entries); 0 disables the cache.
+    pub capacity: u64,
+    /// Negative answers (NXDOMAIN, NODATA, SERVFAIL) kept at most, apart from the positive
+    /// ones so a flood of random names cannot evict the answers clients need.
+    pub negative_capacity: u64,
+    /// Cap on the TTL of positive answers, in seconds.
+    pub max_ttl: u32,
+    /// Floor on the TTL of cached answers, in seconds.
+    pub min_ttl: u32,
+    /// Cap on the TTL of negative answers, in seconds (RFC 2308 section 5).
+    pub max_negative_ttl: u32,
+    /// How long an upstream SERVFAIL is cached, in seconds (0: not at all; at most 5).
+    #[serde(deserialize_with = "de_servfail_ttl")]
+    pub servfail_ttl: u32,
+    /// How long past its expiry an answer may still be served when every upstream fails
+    /// (RFC 8767), in seconds; 0 disables serve-stale.
+    pub serve_stale: u32,
+    /// An entry asked at least this many times is refreshed in the background when less than
+    /// 10% of its TTL is left; 0 disables prefetch.
+    pub prefetch: u32,
 }
 
 /// The `[kubernetes]` table.
@@ -175,6 +254,36 @@ pub struct UpstreamConfig {
     /// [`Config::load`].
     #[serde(skip)]
     pub timeout_explicit: bool,
+    /// Upstream queries in flight at most; a question beyond it gets REFUSED at once (and is
+    /// counted), so a slow upstream cannot pile up unbounded memory. At least 1.
+    #[serde(deserialize_with = "de_max_concurrent")]
+    pub max_concurrent: usize,
+    /// In which order the upstreams are tried (CoreDNS `policy`).
+    pub policy: Policy,
+    /// Consecutive failures after which an upstream is marked down and probed in the
+    /// background until it answers again; 0 disables health checking.
+    pub max_fails: u32,
+    /// How often a down upstream is probed (`. IN NS`). TOML: `"500ms"`.
+    #[serde(deserialize_with = "de_health_check", serialize_with = "ser_duration")]
+    pub health_check: Duration,
+    /// Per-domain resolvers (kube-dns `stubDomains`): names under a key go to its resolvers
+    /// instead of the default upstreams; the longest matching domain wins.
+    /// TOML: `stub_domains = { "acme.local" = ["10.0.0.53"] }`.
+    #[serde(deserialize_with = "de_stub_domains")]
+    pub stub_domains: std::collections::BTreeMap<String, Vec<SocketAddr>>,
+}
+
+/// Order in which upstreams are tried.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// A random order for every query: spreads load, CoreDNS's default.
+    #[default]
+    Random,
+    /// The next upstream first for every query.
+    RoundRobin,
+    /// Always in the configured order: the first is preferred while it is healthy.
+    Sequential,
 }
 
 /// How pod names (`1-2-3-4.<ns>.pod.<zone>`) are answered.
@@ -222,6 +331,9 @@ impl Default for Config {
             server: ServerConfig::default(),
             upstream: UpstreamConfig::default(),
             kubernetes: KubernetesConfig::default(),
+            cache: CacheConfig::default(),
+            log: LogConfig::default(),
+            lameduck: Duration::from_secs(5),
         }
     }
 }
@@ -240,12 +352,32 @@ impl Default for ServerConfig {
     }
 }
 
+impl Default for CacheConfig {
+    fn default() -> CacheConfig {
+        CacheConfig {
+            capacity: 9984,
+            negative_capacity: 9984,
+            max_ttl: 3600,
+            min_ttl: 5,
+            max_negative_ttl: 1800,
+            servfail_ttl: 5,
+            serve_stale: 3600,
+            prefetch: 2,
+        }
+    }
+}
+
 impl Default for UpstreamConfig {
     fn default() -> UpstreamConfig {
         UpstreamConfig {
             timeout: Duration::from_secs(2),
             deadline: Duration::from_secs(4),
             timeout_explicit: false,
+            max_concurrent: 1000,
+            policy: Policy::Random,
+            max_fails: 2,
+            health_check: Duration::from_millis(500),
+            stub_domains: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -510,6 +642,50 @@ impl Config {
             },
             format_duration(self.upstream.deadline)
         );
+        let u = &self.upstream;
+        let _ = writeln!(
+            out,
+            "upstream policy:   {:?}, down after {} failures (probe every {}), at most {} queries in flight",
+            u.policy,
+            u.max_fails,
+            format_duration(u.health_check),
+            u.max_concurrent
+        );
+        for (domain, servers) in &u.stub_domains {
+            let _ = writeln!(out, "stub domain:       {domain} -> {}", addrs(servers));
+        }
+        let c = &self.cache;
+        if c.capacity == 0 {
+            let _ = writeln!(out, "cache:             off");
+        } else {
+            let _ = writeln!(
+                out,
+                "cache:             {} positive / {} negative entries, ttl {}..{}s (negative <= {}s, servfail {}s), serve stale {}s, prefetch {}",
+                c.capacity,
+                c.negative_capacity,
+                c.min_ttl,
+                c.max_ttl,
+                c.max_negative_ttl,
+                c.servfail_ttl,
+                c.serve_stale,
+                if c.prefetch == 0 {
+                    "off".to_string()
+                } else {
+                    format!("after {} hits", c.prefetch)
+                }
+            );
+        }
+        let _ = writeln!(
+            out,
+            "logs:              {:?}, query log {}",
+            self.log.format,
+            if self.log.queries {
+                format!("on ({}% of queries)", self.log.query_sample * 100.0)
+            } else {
+                "off".to_string()
+            }
+        );
+        let _ = writeln!(out, "lameduck:          {}", format_duration(self.lameduck));
         let _ = writeln!(out, "metrics listen:    {}", http(self.metrics_listen));
         let _ = writeln!(out, "health listen:     {}", http(self.health_listen));
         let _ = writeln!(out, "ready listen:      {}", http(self.ready_listen));
@@ -603,6 +779,13 @@ pub struct ServeArgs {
     /// Least time between two snapshot writes [default: 10s].
     #[arg(long, value_name = "DURATION")]
     pub snapshot_interval: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Seconds DNS keeps answering after SIGTERM while /health and /ready say 503
+    /// [default: 5s], e.g. "5s", "0s".
+    #[arg(long, value_name = "DURATION")]
+    pub lameduck: Option<String>,
 }
 
 impl ServeArgs {
@@ -700,6 +883,12 @@ impl ServeArgs {
                 flag: which,
                 reason: SOURCES_CONFLICT.to_string(),
             });
+        }
+        if let Some(format) = self.log_format {
+            config.log.format = format;
+        }
+        if let Some(lameduck) = &self.lameduck {
+            config.lameduck = parse_duration(lameduck).map_err(flag("--lameduck"))?;
         }
         Ok(config)
     }
@@ -1037,6 +1226,54 @@ fn de_max_udp_payload<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> 
             "invalid max_udp_payload {n}: must be between {MIN_UDP_PAYLOAD} and {MAX_UDP_PAYLOAD}"
         ))),
     }
+}
+
+fn de_health_check<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    check_positive("upstream.health_check", de_duration(d)?).map_err(de::Error::custom)
+}
+
+fn de_stub_domains<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, Vec<SocketAddr>>, D::Error> {
+    let raw = std::collections::BTreeMap::<String, Vec<String>>::deserialize(d)?;
+    let mut out = std::collections::BTreeMap::new();
+    for (domain, servers) in raw {
+        let domain =
+            parse_zone(&domain).map_err(|e| de::Error::custom(format!("stub_domains: {e}")))?;
+        if servers.is_empty() {
+            return Err(de::Error::custom(format!(
+                "stub_domains: {domain:?} has no resolver"
+            )));
+        }
+        let servers = servers
+            .iter()
+            .map(|s| parse_upstream(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| de::Error::custom(format!("stub_domains.{domain}: {e}")))?;
+        check_upstreams(&servers).map_err(de::Error::custom)?;
+        out.insert(domain, servers);
+    }
+    Ok(out)
+}
+
+fn de_max_concurrent<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = usize::deserialize(d)?;
+    if n == 0 {
+        return Err(de::Error::custom(
+            "invalid max_concurrent 0: must be at least 1",
+        ));
+    }
+    Ok(n)
+}
+
+fn de_servfail_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if n > 5 {
+        return Err(de::Error::custom(format!(
+            "invalid servfail_ttl {n}: at most 5 seconds (a cached failure outlives its cause)"
+        )));
+    }
+    Ok(n)
 }
 
 fn de_max_tcp_connections<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {

@@ -7,13 +7,13 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use clusterdns::config::{Config, PodMode, ServeArgs};
+use clusterdns::config::{Config, LogFormat, PodMode, ServeArgs};
 use clusterdns::ops::{http, metrics::Metrics};
 use clusterdns::server::{self, handler::Handler};
 use clusterdns::source::kubernetes::{self, KubernetesOptions, KubernetesSource};
 use clusterdns::source::manifests::ManifestSource;
 use clusterdns::source::{EventSink, SourceEvent};
-use clusterdns::upstream::{Forwarder, resolv_conf};
+use clusterdns::upstream::{Resolver, resolv_conf};
 use clusterdns::zone::{Zone, ZoneConfig};
 use hickory_proto::rr::Name;
 use std::io::{IsTerminal as _, Write as _};
@@ -60,7 +60,6 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve(args) => {
-            init_tracing();
             let config = match args.resolve() {
                 Ok(config) => config,
                 Err(error) => {
@@ -68,6 +67,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            init_tracing(config.log.format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -90,14 +90,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 /// How long the sources and HTTP listeners get to finish after SIGTERM.
@@ -201,17 +203,27 @@ async fn serve(config: Config) -> Result<()> {
 
     let (upstream_addrs, upstream_config) = upstreams(&config);
     info!(upstreams = ?upstream_addrs, "upstream resolvers");
-    let forwarder = Arc::new(Forwarder::new(
+    let resolver = Resolver::new(
         upstream_addrs,
         &upstream_config,
+        &config.cache,
         metrics.clone(),
-    ));
-    let handler = Arc::new(Handler::new(
+    );
+    {
+        let resolver = resolver.clone();
+        metrics.on_scrape(move || resolver.update_metrics());
+    }
+    let mut handler = Handler::new(
         zone.clone(),
-        forwarder,
+        resolver.clone(),
         metrics.clone(),
         config.server.max_udp_payload,
-    ));
+    );
+    if config.log.queries {
+        handler = handler.with_query_log(config.log.query_sample);
+    }
+    let handler = Arc::new(handler);
+    let lifecycle = Arc::new(http::Lifecycle::default());
 
     let mut listeners = Vec::new();
     for addr in &config.listen {
@@ -220,12 +232,14 @@ async fn serve(config: Config) -> Result<()> {
         listeners.push(listener);
     }
     let bound: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect();
+    // DNS stops after lameduck; HTTP and the sources only after that.
+    let dns_cancel = CancellationToken::new();
     let mut dns_tasks = server::spawn(
         listeners,
-        handler,
+        handler.clone(),
         metrics.clone(),
         &config.server,
-        cancel.clone(),
+        dns_cancel.clone(),
     )
     .context("cannot start the DNS listeners")?;
 
@@ -235,11 +249,26 @@ async fn serve(config: Config) -> Result<()> {
             config.metrics_listen,
             http::metrics_router(metrics.clone()),
         ),
-        ("health", config.health_listen, http::health_router()),
+        (
+            "health",
+            config.health_listen,
+            http::health_router(lifecycle.clone()),
+        ),
         (
             "ready",
             config.ready_listen,
-            http::ready_router(zone.clone()),
+            http::ready_router(zone.clone(), lifecycle.clone(), {
+                let resolver = resolver.clone();
+                Arc::new(move || {
+                    resolver
+                        .looped_upstreams()
+                        .iter()
+                        .map(|addr| {
+                            format!("upstream {addr} loops back to this server and is not used")
+                        })
+                        .collect()
+                })
+            }),
         ),
     ];
     let mut http_bound = Vec::new();
@@ -260,12 +289,30 @@ async fn serve(config: Config) -> Result<()> {
         announce(kind, addr);
     }
 
+    // Only now that our own sockets answer can a probe that loops back to us be recognised.
+    {
+        let resolver = resolver.clone();
+        tasks.spawn(async move { resolver.check_loops().await });
+    }
+
     shutdown_signal().await;
-    info!("shutting down");
-    cancel.cancel();
+    // Lameduck: say we are going while still answering, so kube-proxy takes this pod out of
+    // the Service before its sockets close and no client sees a refused query.
+    lifecycle.stop();
+    info!(lameduck = ?config.lameduck, "SIGTERM: /health and /ready now 503; DNS keeps answering until lameduck ends");
+    tokio::time::sleep(config.lameduck).await;
+    info!("lameduck over: closing the DNS listeners and draining");
+    dns_cancel.cancel();
     while dns_tasks.join_next().await.is_some() {}
+    // Questions still waiting on an upstream get their answer (bounded by the upstream
+    // deadline) before the process goes.
+    let drain_until = tokio::time::Instant::now() + upstream_config.deadline;
+    while handler.in_flight() > 0 && tokio::time::Instant::now() < drain_until {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     // Sources and HTTP listeners stop on `cancel` (the Kubernetes source writes its last
     // snapshot first); whatever is still running after a short grace is cut.
+    cancel.cancel();
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while tasks.join_next().await.is_some() {}
     })
@@ -274,6 +321,7 @@ async fn serve(config: Config) -> Result<()> {
         warn!("some tasks did not stop in time; cutting them");
         tasks.abort_all();
     }
+    info!("stopped");
     Ok(())
 }
 

@@ -42,8 +42,9 @@ fn names_outside_the_zone_are_forwarded_with_the_upstream_answer() {
     let config = tempfile::tempdir().expect("tempdir");
     let server = server_with_upstream(&upstream, &config);
 
+    // A different name per transport, so both go upstream (the second is not a cache hit).
     for transport in ["udp", "tcp"] {
-        let q = query("www.Example.org.", RecordType::A);
+        let q = query(&format!("{transport}.www.Example.org."), RecordType::A);
         let answer = if transport == "udp" {
             server.udp(&q)
         } else {

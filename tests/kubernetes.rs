@@ -934,7 +934,9 @@ fn a_shutdown_writes_the_changes_not_yet_in_the_snapshot() {
     )));
     // Nothing written yet: the interval has not passed since the server started.
     assert!(!snapshot.exists());
-    let status = server.terminate().expect("clusterdns stops on SIGTERM");
+    let status = server
+        .terminate_and_wait()
+        .expect("clusterdns stops on SIGTERM");
     assert!(status.success(), "{status:?}\n{}", server.log());
     let text = snapshot_text(&snapshot);
     assert!(

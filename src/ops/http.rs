@@ -11,6 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -30,28 +31,73 @@ pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
     )
 }
 
-/// The router of the health listener: 200 while the process serves.
-pub fn health_router() -> Router {
-    Router::new().route("/health", get(|| async { "OK" }))
+/// Whether the server is going away: set on SIGTERM, for the whole lameduck period.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    stopping: AtomicBool,
 }
+
+impl Lifecycle {
+    /// Lameduck starts: /health and /ready answer 503 from now on.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// True once [`Lifecycle::stop`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+}
+
+const STOPPING: &str = "shutting down: lameduck, DNS still answers until it ends";
+
+/// The router of the health listener: 200 while the process serves, 503 during lameduck.
+pub fn health_router(lifecycle: Arc<Lifecycle>) -> Router {
+    Router::new().route(
+        "/health",
+        get(move || {
+            let lifecycle = lifecycle.clone();
+            async move {
+                if lifecycle.is_stopping() {
+                    (StatusCode::SERVICE_UNAVAILABLE, STOPPING).into_response()
+                } else {
+                    (StatusCode::OK, "OK").into_response()
+                }
+            }
+        }),
+    )
+}
+
+/// Lines of detail appended to the `/ready` body: degraded states that do not make the
+/// server unready (it still answers the cluster zone) but that an operator must see.
+pub type ReadyDetail = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
 /// The router of the readiness listener: 200 once the zone has its initial data, 503 before
 /// (kube-proxy then keeps the pod out of the DNS Service until it can answer for the cluster).
-pub fn ready_router(zone: Arc<Zone>) -> Router {
+pub fn ready_router(zone: Arc<Zone>, lifecycle: Arc<Lifecycle>, detail: ReadyDetail) -> Router {
     Router::new().route(
         "/ready",
         get(move || {
             let zone = zone.clone();
+            let detail = detail.clone();
+            let lifecycle = lifecycle.clone();
             async move {
-                if zone.is_synced() {
-                    (StatusCode::OK, "OK").into_response()
+                let (status, head) = if lifecycle.is_stopping() {
+                    (StatusCode::SERVICE_UNAVAILABLE, STOPPING)
+                } else if zone.is_synced() {
+                    (StatusCode::OK, "OK")
                 } else {
                     (
                         StatusCode::SERVICE_UNAVAILABLE,
                         "not ready: initial cluster data not loaded yet",
                     )
-                        .into_response()
+                };
+                let mut body = head.to_string();
+                for line in detail() {
+                    body.push('\n');
+                    body.push_str(&line);
                 }
+                (status, body).into_response()
             }
         }),
     )

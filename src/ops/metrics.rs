@@ -3,19 +3,40 @@
 //! Every decision the server takes that an operator may need to see at 3 a.m. is counted here.
 //! Owns the metric names; the code that counts only holds the handles.
 
-use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 
 /// All metrics of one server. Cheap to clone handles out of; share it behind an `Arc`.
 pub struct Metrics {
     /// The registry served on `/metrics`.
     pub registry: Registry,
-    /// DNS requests received, by transport (`udp`/`tcp`).
+    /// DNS requests received (every packet, parseable or not), with CoreDNS's labels
+    /// `server,zone,view,proto,family,type`. Counted through [`super::query_metrics`].
     pub requests: IntCounterVec,
-    /// DNS responses sent, by rcode name (`NOERROR`, `NXDOMAIN`, ...) and source of the answer
-    /// (`zone`, `upstream`, `server`).
+    /// Time from a request's arrival to its response, by `server,zone,view,type`.
+    pub request_duration: HistogramVec,
+    /// Request sizes in bytes, by `server,zone,view,proto`.
+    pub request_size: HistogramVec,
+    /// Response sizes in bytes, by `server,zone,view,proto`.
+    pub response_size: HistogramVec,
+    /// Requests with the DNSSEC OK bit, by `server,view,zone`.
+    pub do_requests: IntCounterVec,
+    /// Panics caught on the query path (the packet was dropped, the worker went on).
+    pub panics: IntCounter,
+    /// Config reloads that failed (the old config kept running).
+    pub reload_failed: IntCounter,
+    /// Constant 1 with the build's version.
+    pub build_info: IntGaugeVec,
+    /// DNS responses sent, by `server,zone,view,rcode,plugin`: rcode as CoreDNS prints it (`NOERROR`, `NXDOMAIN`, ...;
+    /// BADVERS is `BADSIG`, as in miekg/dns) and what answered, named after the CoreDNS
+    /// plugin that would have (`kubernetes` for the zone, `forward` for the upstream, empty
+    /// for the server's own error answers).
     pub responses: IntCounterVec,
-    /// Packets that could not be answered normally, by reason (`short`, `undecodable`,
-    /// `qdcount`, `not_query`, `opcode`).
+    /// Packets that could not be answered normally, by reason: `short` (under 12 bytes,
+    /// dropped), `response` (QR set, dropped), `undecodable` (FORMERR), `qdcount` (not
+    /// exactly one question, FORMERR), `opcode` (not QUERY, NOTIMP).
     pub malformed_packets: IntCounterVec,
     /// UDP responses that did not fit the client's payload size and went out with TC set.
     pub truncated_responses: IntCounter,
@@ -49,7 +70,41 @@ pub struct Metrics {
     /// Snapshot failures, by operation (`read`: a corrupt or unreadable file was ignored;
     /// `write`).
     pub snapshot_errors: IntCounterVec,
+    /// Upstream answers served from the cache, by type (`success`, `denial`).
+    pub cache_hits: IntCounterVec,
+    /// Upstream questions not found in the cache.
+    pub cache_misses: IntCounter,
+    /// Questions looked up in the cache.
+    pub cache_requests: IntCounter,
+    /// Cache entries refreshed in the background before they expired.
+    pub cache_prefetch: IntCounter,
+    /// Expired answers served because every upstream failed (RFC 8767).
+    pub cache_served_stale: IntCounter,
+    /// Entries evicted by capacity, by type.
+    pub cache_evictions: IntCounterVec,
+    /// Entries in the cache, by type; refreshed on every scrape.
+    pub cache_entries: IntGaugeVec,
+    /// Clients that waited on an identical question already in flight instead of sending it.
+    pub coalesced_queries: IntCounter,
+    /// Questions refused because `upstream.max_concurrent` queries were in flight.
+    pub max_concurrent_rejects: IntCounter,
+    /// 1 while an upstream is considered healthy, 0 while it is marked down, by address.
+    pub upstream_healthy: IntGaugeVec,
+    /// Failed health probes of a down upstream, by address.
+    pub healthcheck_failures: IntCounterVec,
+    /// Queries for which every upstream was marked down (all were tried anyway).
+    pub healthcheck_broken: IntCounter,
+    /// 1 for an upstream found to loop back to this server (no longer used), by address.
+    pub upstream_loop: IntGaugeVec,
+    scrape_hooks: std::sync::Mutex<Vec<ScrapeHook>>,
 }
+
+type ScrapeHook = Box<dyn Fn() + Send + Sync>;
+
+/// CoreDNS's request and response size buckets (plugin/metrics/vars).
+const SIZE_BUCKETS: [f64; 14] = [
+    0.0, 100.0, 200.0, 300.0, 400.0, 511.0, 1023.0, 2047.0, 4095.0, 8291.0, 16e3, 32e3, 48e3, 64e3,
+];
 
 impl Metrics {
     /// Create and register every metric.
@@ -85,16 +140,61 @@ impl Metrics {
                 .expect("metric names are unique");
             g
         };
-        Metrics {
+        let histogram_vec = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+                .expect("static metric definition is valid");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("metric names are unique");
+            h
+        };
+        let metrics = Metrics {
             requests: counter_vec(
                 "coredns_dns_requests_total",
-                "DNS requests received.",
-                &["proto"],
+                "Counter of DNS requests made per zone, protocol and family.",
+                &["server", "zone", "view", "proto", "family", "type"],
+            ),
+            request_duration: histogram_vec(
+                "coredns_dns_request_duration_seconds",
+                "Histogram of the time (in seconds) each request took per zone.",
+                &["server", "zone", "view", "type"],
+                // CoreDNS: 0.25 ms doubling to 8 s.
+                prometheus::exponential_buckets(0.00025, 2.0, 16).unwrap_or_default(),
+            ),
+            request_size: histogram_vec(
+                "coredns_dns_request_size_bytes",
+                "Size of the EDNS0 UDP buffer in bytes (64K for TCP) per zone and protocol.",
+                &["server", "zone", "view", "proto"],
+                SIZE_BUCKETS.to_vec(),
+            ),
+            response_size: histogram_vec(
+                "coredns_dns_response_size_bytes",
+                "Size of the returned response in bytes.",
+                &["server", "zone", "view", "proto"],
+                SIZE_BUCKETS.to_vec(),
+            ),
+            do_requests: counter_vec(
+                "coredns_dns_do_requests_total",
+                "Counter of DNS requests with DO bit set per zone.",
+                &["server", "view", "zone"],
+            ),
+            panics: counter(
+                "coredns_panics_total",
+                "A metrics that counts the number of panics.",
+            ),
+            reload_failed: counter(
+                "coredns_reload_failed_total",
+                "Counter of the number of failed reload attempts.",
+            ),
+            build_info: gauge_vec(
+                "coredns_build_info",
+                "A metric with a constant '1' value labeled by version, revision, and goversion from which CoreDNS was built.",
+                &["version", "revision", "goversion"],
             ),
             responses: counter_vec(
                 "coredns_dns_responses_total",
                 "DNS responses sent, by rcode and by what answered.",
-                &["rcode", "plugin"],
+                &["server", "zone", "view", "rcode", "plugin"],
             ),
             malformed_packets: counter_vec(
                 "clusterdns_malformed_packets_total",
@@ -170,12 +270,89 @@ impl Metrics {
                 "Snapshot files ignored (read) or not written (write).",
                 &["op"],
             ),
+            cache_hits: counter_vec(
+                "coredns_cache_hits_total",
+                "Upstream answers served from the cache, by type.",
+                &["type"],
+            ),
+            cache_misses: counter(
+                "coredns_cache_misses_total",
+                "Upstream questions not found in the cache.",
+            ),
+            cache_requests: counter(
+                "coredns_cache_requests_total",
+                "Questions looked up in the cache.",
+            ),
+            cache_prefetch: counter(
+                "coredns_cache_prefetch_total",
+                "Cache entries refreshed before they expired.",
+            ),
+            cache_served_stale: counter(
+                "coredns_cache_served_stale_total",
+                "Expired answers served because every upstream failed.",
+            ),
+            cache_evictions: counter_vec(
+                "coredns_cache_evictions_total",
+                "Cache entries evicted by capacity, by type.",
+                &["type"],
+            ),
+            cache_entries: gauge_vec(
+                "coredns_cache_entries",
+                "Entries in the cache, by type.",
+                &["type"],
+            ),
+            coalesced_queries: counter(
+                "clusterdns_coalesced_queries_total",
+                "Clients that shared an identical upstream question already in flight.",
+            ),
+            max_concurrent_rejects: counter(
+                "coredns_forward_max_concurrent_rejects_total",
+                "Questions refused because too many upstream queries were in flight.",
+            ),
+            upstream_healthy: gauge_vec(
+                "clusterdns_upstream_healthy",
+                "1 while an upstream is considered healthy, 0 while it is marked down.",
+                &["to"],
+            ),
+            healthcheck_failures: counter_vec(
+                "coredns_proxy_healthcheck_failures_total",
+                "Failed health probes of upstreams marked down.",
+                &["to"],
+            ),
+            healthcheck_broken: counter(
+                "coredns_forward_healthcheck_broken_total",
+                "Queries for which every upstream was marked down.",
+            ),
+            upstream_loop: gauge_vec(
+                "clusterdns_upstream_loop_detected",
+                "1 for an upstream that sent our loop probe back to us; it is no longer used.",
+                &["to"],
+            ),
             registry,
+            scrape_hooks: std::sync::Mutex::new(Vec::new()),
+        };
+        metrics
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), "", ""])
+            .set(1);
+        metrics
+    }
+
+    /// Runs `refresh` before every scrape: for gauges that are cheap to read at scrape time
+    /// but not worth updating on the query path (cache sizes).
+    pub fn on_scrape(&self, refresh: impl Fn() + Send + Sync + 'static) {
+        if let Ok(mut hooks) = self.scrape_hooks.lock() {
+            hooks.push(Box::new(refresh));
         }
     }
 
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
+        if let Ok(hooks) = self.scrape_hooks.lock() {
+            for refresh in hooks.iter() {
+                refresh();
+            }
+        }
         use prometheus::Encoder;
         let mut buf = Vec::new();
         let encoder = prometheus::TextEncoder::new();

@@ -5,3 +5,5 @@
 
 pub mod http;
 pub mod metrics;
+pub mod query_metrics;
+pub mod throttle;

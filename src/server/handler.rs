@@ -11,34 +11,23 @@
 //! socket's task, and only a question that needs the upstream becomes a [`Pending`] that the
 //! server runs as a task. The handler owns no socket.
 
-use crate::ops::metrics::{Metrics, rcode_label};
-use crate::upstream::Forwarder;
+use crate::ops::metrics::Metrics;
+use crate::ops::query_metrics::{AnsweredBy, QueryMetrics};
+use crate::upstream::{ForwardError, Resolver, UpstreamAnswer};
 use crate::zone::{Lookup, Zone, ZoneAnswer};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 use tracing::debug;
 
 /// The smallest payload every DNS client accepts over UDP (RFC 1035 section 4.2.1).
 pub const MIN_UDP_PAYLOAD: u16 = 512;
 
-/// How the query arrived: it sets the size limit of the answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    /// UDP: answers are limited to the client's payload size and truncated beyond it.
-    Udp,
-    /// TCP: answers are complete.
-    Tcp,
-}
-
-impl Transport {
-    fn label(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        }
-    }
-}
+/// How the query arrived: it sets the size limit of the answer (UDP answers are limited to
+/// the client's payload size and truncated beyond it; TCP answers are complete).
+pub use crate::ops::query_metrics::Proto as Transport;
 
 /// What to do with one received packet.
 pub enum Outcome {
@@ -61,33 +50,20 @@ struct Request {
     /// The client's EDNS, if it sent one: the response then carries ours.
     edns: Option<Edns>,
     transport: Transport,
+    /// When the packet arrived: the start of `coredns_dns_request_duration_seconds`.
+    started: Instant,
+    /// Who asked (for the query log).
+    peer: SocketAddr,
 }
 
 /// A question waiting for the upstream.
 pub struct Pending {
+    listener: Arc<QueryMetrics>,
     request: Request,
     message: Message,
     /// Set when a CNAME chain from the zone left it: the upstream is asked for the target and
     /// its answer is appended to the zone's part.
     chain: Option<(ZoneAnswer, Name)>,
-}
-
-/// Where an answer came from, the `plugin` label of `coredns_dns_responses_total`.
-#[derive(Clone, Copy)]
-enum Origin {
-    Zone,
-    Upstream,
-    Server,
-}
-
-impl Origin {
-    fn label(self) -> &'static str {
-        match self {
-            Origin::Zone => "kubernetes",
-            Origin::Upstream => "forward",
-            Origin::Server => "",
-        }
-    }
 }
 
 /// The answer to build, whatever path produced it.
@@ -98,7 +74,9 @@ struct Response {
     answers: Vec<Record>,
     authorities: Vec<Record>,
     additionals: Vec<Record>,
-    origin: Origin,
+    origin: AnsweredBy,
+    /// For the query log: `zone`, `upstream`, `cache`, `stale` or `server`.
+    source: &'static str,
 }
 
 impl Response {
@@ -110,7 +88,23 @@ impl Response {
             answers: Vec::new(),
             authorities: Vec::new(),
             additionals: Vec::new(),
-            origin: Origin::Server,
+            origin: AnsweredBy::Server,
+            source: "server",
+        }
+    }
+
+    /// An answer from the upstream path (fresh, cached or stale): never authoritative.
+    fn from_upstream(upstream: UpstreamAnswer) -> Response {
+        let answer = upstream.answer;
+        Response {
+            rcode: answer.rcode,
+            authoritative: false,
+            recursion_available: true,
+            answers: answer.answers,
+            authorities: answer.authorities,
+            additionals: answer.additionals,
+            origin: AnsweredBy::Upstream,
+            source: upstream.served.label(),
         }
     }
 
@@ -122,7 +116,8 @@ impl Response {
             answers: answer.answers,
             authorities: answer.authorities,
             additionals: answer.additionals,
-            origin: Origin::Zone,
+            origin: AnsweredBy::Zone,
+            source: "zone",
         }
     }
 }
@@ -130,26 +125,88 @@ impl Response {
 /// Answers queries. Shared by every UDP worker and TCP connection.
 pub struct Handler {
     zone: Arc<Zone>,
-    forwarder: Arc<Forwarder>,
+    upstream: Arc<Resolver>,
     metrics: Arc<Metrics>,
     max_udp_payload: u16,
+    query_log: Option<QueryLog>,
+    /// Questions waiting on the upstream path right now (shutdown waits for them).
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts one question in flight for as long as it lives (also if its task is dropped).
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a std::sync::atomic::AtomicUsize) -> InFlight<'a> {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The optional query log: one `clusterdns::query` event per answered query.
+struct QueryLog {
+    sample: f64,
+}
+
+impl QueryLog {
+    fn sampled(&self) -> bool {
+        self.sample >= 1.0 || rand::random::<f64>() < self.sample
+    }
+
+    fn write(&self, request: &Request, rcode: ResponseCode, source: &str, size: usize) {
+        let (name, qtype) = match &request.query {
+            Some(q) => (q.name().to_string(), q.query_type().to_string()),
+            None => ("-".to_string(), "-".to_string()),
+        };
+        tracing::info!(
+            target: "clusterdns::query",
+            client = %request.peer,
+            name = %name,
+            r#type = %qtype,
+            proto = request.transport.label(),
+            rcode = crate::ops::metrics::rcode_label(rcode),
+            source,
+            size,
+            duration_us = request.started.elapsed().as_micros() as u64,
+            "query"
+        );
+    }
 }
 
 impl Handler {
-    /// A handler answering from `zone` and forwarding the rest through `forwarder`.
+    /// A handler answering from `zone` and the rest through the `upstream` path.
     /// `max_udp_payload` caps what a client may ask for (and is what we advertise).
     pub fn new(
         zone: Arc<Zone>,
-        forwarder: Arc<Forwarder>,
+        upstream: Arc<Resolver>,
         metrics: Arc<Metrics>,
         max_udp_payload: u16,
     ) -> Handler {
         Handler {
             zone,
-            forwarder,
+            upstream,
             metrics,
             max_udp_payload: max_udp_payload.max(MIN_UDP_PAYLOAD),
+            query_log: None,
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// Questions waiting on the upstream path right now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Logs one line per query (a `sample` fraction of them), like CoreDNS's `log` plugin.
+    pub fn with_query_log(mut self, sample: f64) -> Handler {
+        self.query_log = Some(QueryLog { sample });
+        self
     }
 
     fn malformed(&self, reason: &str) {
@@ -174,16 +231,16 @@ impl Handler {
     /// | in the zone, before the first sync      | SERVFAIL          |
     /// | in the zone                             | the zone's answer |
     /// | anywhere else                           | the upstream's    |
-    pub fn handle(&self, packet: &[u8], transport: Transport) -> Outcome {
-        self.metrics
-            .requests
-            .with_label_values(&[transport.label()])
-            .inc();
+    pub fn handle(&self, packet: &[u8], peer: SocketAddr, listener: &Arc<QueryMetrics>) -> Outcome {
+        let started = Instant::now();
+        let transport = listener.proto();
         if packet.len() < 12 {
+            listener.request(None, packet.len(), false);
             self.malformed("short");
             return Outcome::Drop;
         }
         if packet[2] & 0x80 != 0 {
+            listener.request(None, packet.len(), false);
             self.malformed("response");
             return Outcome::Drop;
         }
@@ -195,17 +252,27 @@ impl Handler {
             query: None,
             edns: None,
             transport,
+            started,
+            peer,
         };
         let message = match Message::from_vec(packet) {
             Ok(message) => message,
             Err(error) => {
                 debug!(%error, "undecodable query");
+                listener.request(None, packet.len(), false);
                 self.malformed("undecodable");
-                return Outcome::Reply(
-                    self.respond(&header_request, Response::error(ResponseCode::FormErr)),
-                );
+                return Outcome::Reply(self.respond(
+                    listener,
+                    &header_request,
+                    Response::error(ResponseCode::FormErr),
+                ));
             }
         };
+        listener.request(
+            message.queries.first().map(|q| q.query_type()),
+            packet.len(),
+            message.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+        );
         let mut request = Request {
             edns: message.edns.clone(),
             ..header_request
@@ -213,41 +280,69 @@ impl Handler {
         if message.metadata.op_code != OpCode::Query {
             self.malformed("opcode");
             request.query = message.queries.first().cloned();
-            return Outcome::Reply(self.respond(&request, Response::error(ResponseCode::NotImp)));
+            return Outcome::Reply(self.respond(
+                listener,
+                &request,
+                Response::error(ResponseCode::NotImp),
+            ));
         }
         if message.queries.len() != 1 {
             self.malformed("qdcount");
-            return Outcome::Reply(self.respond(&request, Response::error(ResponseCode::FormErr)));
+            return Outcome::Reply(self.respond(
+                listener,
+                &request,
+                Response::error(ResponseCode::FormErr),
+            ));
         }
         let query = message.queries[0].clone();
         request.query = Some(query.clone());
         if message.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            return Outcome::Reply(self.respond(&request, Response::error(ResponseCode::BADVERS)));
+            return Outcome::Reply(self.respond(
+                listener,
+                &request,
+                Response::error(ResponseCode::BADVERS),
+            ));
         }
         if !matches!(query.query_class(), DNSClass::IN) {
-            return Outcome::Reply(self.respond(&request, Response::error(ResponseCode::Refused)));
+            return Outcome::Reply(self.respond(
+                listener,
+                &request,
+                Response::error(ResponseCode::Refused),
+            ));
         }
         match self.zone.lookup(query.name(), query.query_type()) {
             Lookup::Answer(answer) => match answer.external_target.clone() {
                 Some(target) => Outcome::Upstream(Box::new(Pending {
+                    listener: listener.clone(),
                     request,
                     message,
                     chain: Some((answer, target)),
                 })),
-                None => Outcome::Reply(self.respond(&request, Response::from_zone(answer))),
+                None => {
+                    Outcome::Reply(self.respond(listener, &request, Response::from_zone(answer)))
+                }
             },
-            Lookup::NotSynced => {
-                Outcome::Reply(self.respond(&request, Response::error(ResponseCode::ServFail)))
-            }
-            Lookup::Refused => {
-                Outcome::Reply(self.respond(&request, Response::error(ResponseCode::Refused)))
-            }
+            Lookup::NotSynced => Outcome::Reply(self.respond(
+                listener,
+                &request,
+                Response::error(ResponseCode::ServFail),
+            )),
+            Lookup::Refused => Outcome::Reply(self.respond(
+                listener,
+                &request,
+                Response::error(ResponseCode::Refused),
+            )),
             Lookup::NotOurs
                 if matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR) =>
             {
-                Outcome::Reply(self.respond(&request, Response::error(ResponseCode::Refused)))
+                Outcome::Reply(self.respond(
+                    listener,
+                    &request,
+                    Response::error(ResponseCode::Refused),
+                ))
             }
             Lookup::NotOurs => Outcome::Upstream(Box::new(Pending {
+                listener: listener.clone(),
                 request,
                 message,
                 chain: None,
@@ -258,29 +353,19 @@ impl Handler {
     /// Completes a question that needed the upstream. Always yields an answer: SERVFAIL when
     /// no upstream answered before the deadline, never silence.
     pub async fn finish(&self, pending: Box<Pending>) -> Vec<u8> {
+        let _in_flight = InFlight::enter(&self.in_flight);
         let Pending {
+            listener,
             request,
             message,
             chain,
         } = *pending;
         let response = match chain {
-            None => match self.forwarder.forward(&message).await {
-                Ok(upstream) => Response {
-                    rcode: upstream.metadata.response_code,
-                    authoritative: upstream.metadata.authoritative,
-                    recursion_available: upstream.metadata.recursion_available,
-                    answers: upstream.answers,
-                    authorities: upstream.authorities,
-                    additionals: upstream
-                        .additionals
-                        .into_iter()
-                        .filter(|r| r.record_type() != RecordType::OPT)
-                        .collect(),
-                    origin: Origin::Upstream,
-                },
+            None => match self.upstream.resolve(&message).await {
+                Ok(upstream) => Response::from_upstream(upstream),
                 Err(error) => {
-                    debug!(%error, "upstream failed; answering SERVFAIL");
-                    Response::error(ResponseCode::ServFail)
+                    debug!(%error, "upstream path failed");
+                    Response::error(upstream_failure_rcode(&error))
                 }
             },
             Some((zone_part, target)) => {
@@ -288,7 +373,7 @@ impl Handler {
                     .await
             }
         };
-        self.respond(&request, response)
+        self.respond(&listener, &request, response)
     }
 
     /// An ExternalName's CNAME left the zone: ask the upstream for the target and include the
@@ -310,9 +395,11 @@ impl Handler {
         query.add_query(Query::query(target, qtype));
         query.edns = original.edns.clone();
         let mut response = Response::from_zone(zone_part);
-        match self.forwarder.forward(&query).await {
+        match self.upstream.resolve(&query).await {
             Ok(upstream) => {
-                response.rcode = upstream.metadata.response_code;
+                response.source = upstream.served.label();
+                let upstream = upstream.answer;
+                response.rcode = upstream.rcode;
                 response.answers.extend(upstream.answers);
                 if response.rcode != ResponseCode::NoError || response.answers.len() <= 1 {
                     response.authorities = upstream.authorities;
@@ -320,7 +407,7 @@ impl Handler {
             }
             Err(error) => {
                 debug!(%error, "upstream failed while following an ExternalName CNAME");
-                response.rcode = ResponseCode::ServFail;
+                response.rcode = upstream_failure_rcode(&error);
             }
         }
         response
@@ -341,11 +428,25 @@ impl Handler {
     /// Builds the wire answer. Every path ends here, so flags, EDNS and truncation are decided
     /// once: a UDP answer over the limit goes out with TC and empty sections (RFC 2181 9,
     /// RFC 7766 5) so the client retries over TCP.
-    fn respond(&self, request: &Request, response: Response) -> Vec<u8> {
-        self.metrics
-            .responses
-            .with_label_values(&[rcode_label(response.rcode), response.origin.label()])
-            .inc();
+    fn respond(&self, listener: &QueryMetrics, request: &Request, response: Response) -> Vec<u8> {
+        let (rcode, by, source) = (response.rcode, response.origin, response.source);
+        let bytes = self.encode_response(request, response);
+        listener.response(
+            request.query.as_ref().map(|q| q.query_type()),
+            rcode,
+            by,
+            bytes.len(),
+            request.started,
+        );
+        if let Some(log) = &self.query_log
+            && log.sampled()
+        {
+            log.write(request, rcode, source, bytes.len());
+        }
+        bytes
+    }
+
+    fn encode_response(&self, request: &Request, response: Response) -> Vec<u8> {
         let mut message = Message::response(request.id, request.op_code);
         message.metadata.message_type = MessageType::Response;
         message.metadata.recursion_desired = request.recursion_desired;
@@ -376,6 +477,15 @@ impl Handler {
             return encode(&message);
         }
         bytes
+    }
+}
+
+/// The rcode for a question the upstream path could not answer: REFUSED when we shed load
+/// (the client should try another server now), SERVFAIL for everything else.
+fn upstream_failure_rcode(error: &ForwardError) -> ResponseCode {
+    match error {
+        ForwardError::Overloaded => ResponseCode::Refused,
+        _ => ResponseCode::ServFail,
     }
 }
 

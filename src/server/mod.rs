@@ -11,6 +11,7 @@ pub mod udp;
 
 use crate::config::ServerConfig;
 use crate::ops::metrics::Metrics;
+use crate::ops::query_metrics::{Proto, QueryMetrics};
 use handler::Handler;
 use socket::BufferSizes;
 use std::io;
@@ -85,15 +86,30 @@ pub fn spawn(
     };
     let mut tasks = JoinSet::new();
     for listener in listeners {
+        let udp_metrics = Arc::new(QueryMetrics::new(
+            metrics.clone(),
+            listener.addr,
+            Proto::Udp,
+        ));
         for socket in listener.udp {
             let socket = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
-            tasks.spawn(udp::serve(socket, handler.clone(), cancel.clone()));
+            tasks.spawn(udp::serve(
+                socket,
+                handler.clone(),
+                udp_metrics.clone(),
+                cancel.clone(),
+            ));
         }
+        let tcp_metrics = Arc::new(QueryMetrics::new(
+            metrics.clone(),
+            listener.addr,
+            Proto::Tcp,
+        ));
         let tcp = tokio::net::TcpListener::from_std(listener.tcp)?;
         tasks.spawn(tcp::serve(
             tcp,
             handler.clone(),
-            metrics.clone(),
+            tcp_metrics,
             limits,
             cancel.clone(),
         ));

@@ -1,18 +1,24 @@
 //! UDP workers: each owns one SO_REUSEPORT socket and answers zone queries inline, without a
 //! task per datagram; only questions that need the upstream get a task of their own.
 
-use super::handler::{Handler, Outcome, Transport};
+use super::handler::{Handler, Outcome};
+use crate::ops::query_metrics::QueryMetrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, error};
 
 /// Largest datagram read; anything longer is not a DNS query we answer.
 const MAX_DATAGRAM: usize = 65535;
 
 /// Runs one UDP worker until `cancel` fires.
-pub async fn serve(socket: Arc<UdpSocket>, handler: Arc<Handler>, cancel: CancellationToken) {
+pub async fn serve(
+    socket: Arc<UdpSocket>,
+    handler: Arc<Handler>,
+    listener_metrics: Arc<QueryMetrics>,
+    cancel: CancellationToken,
+) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let (len, peer) = tokio::select! {
@@ -26,7 +32,20 @@ pub async fn serve(socket: Arc<UdpSocket>, handler: Arc<Handler>, cancel: Cancel
                 }
             },
         };
-        match handler.handle(&buf[..len], Transport::Udp) {
+        // A bug triggered by one packet must not end the worker (and with it a share of the
+        // port's traffic, spread by SO_REUSEPORT): drop that packet and go on.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            handler.handle(&buf[..len], peer, &listener_metrics)
+        }));
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                listener_metrics.all().panics.inc();
+                error!(%peer, len, "handler panicked on a UDP packet; dropped it");
+                continue;
+            }
+        };
+        match outcome {
             Outcome::Reply(bytes) => send(&socket, &bytes, peer).await,
             Outcome::Drop => {}
             Outcome::Upstream(pending) => {

@@ -17,6 +17,12 @@
 //!   without `apiVersion`/`kind` is an error, as it is for `kubectl apply`.
 //! - When two files define the same object, the most recently added or changed definition is in
 //!   force; removing it from that file brings back the other file's definition.
+//!   Deleting one of the files never deletes an object another file still defines.
+//! - A file written in place (`kubectl get ... -o yaml > file.yaml`) is not read while it is
+//!   still open for writing (where the watcher reports closes: inotify), for at most
+//!   `WRITE_WAIT` (5 s): its previous objects stay meanwhile instead of vanishing with the truncation.
+//!   Atomic replacement (write elsewhere, rename over) and ConfigMap volume updates (`..data`
+//!   symlink swap) need no such wait.
 
 use crate::ops::metrics::Metrics;
 use crate::source::{ClusterObject, EventSink, ObjectKey, ObjectKind, SourceEvent};
@@ -46,6 +52,14 @@ const SAFETY_RESCAN: Duration = Duration::from_secs(30);
 /// A file modified less than this long before it was read may be modified again without its
 /// metadata changing (coarse timestamps): it is re-read on the next scan.
 const RACY_WINDOW: Duration = Duration::from_secs(2);
+/// A manifest file still open for writing (modified, not yet closed) keeps its previous objects
+/// until its writer closes it, or this long after the first write, whichever comes first.
+/// Without it, `kubectl get ... -o yaml > cluster.yaml` would be read while the shell has
+/// truncated the file and kubectl has not written it yet, and every object of the file would
+/// be deleted until kubectl is done. Only where the watcher reports closes (inotify).
+const WRITE_WAIT: Duration = Duration::from_secs(5);
+/// Whether the watcher reports "closed after writing" (`IN_CLOSE_WRITE`).
+const WATCHER_REPORTS_CLOSE: bool = cfg!(any(target_os = "linux", target_os = "android"));
 /// Subdirectories deeper than this are not searched.
 const MAX_DEPTH: usize = 16;
 
@@ -89,6 +103,8 @@ pub struct ManifestSource {
     synced: bool,
     /// The directory could not be listed at the last scan (warned once, not at every poll).
     dir_unreadable: bool,
+    /// Files still open for writing: not read until their writer is done (see [`WRITE_WAIT`]).
+    held: HashSet<PathBuf>,
 }
 
 /// What is known of one manifest file.
@@ -188,6 +204,7 @@ impl ManifestSource {
             owners: HashMap::new(),
             synced: false,
             dir_unreadable: false,
+            held: HashSet::new(),
         }
     }
 
@@ -227,6 +244,9 @@ impl ManifestSource {
     ) -> Result<(), ManifestError> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let watcher = start_watcher(&self.dir, tx);
+        if watcher.is_ok() {
+            info!(dir = %self.dir.display(), "watching the manifest directory");
+        }
         if let Err(e) = &watcher {
             warn!(
                 dir = %self.dir.display(),
@@ -234,10 +254,14 @@ impl ManifestSource {
                 "cannot watch the manifest directory; polling it every second instead"
             );
         }
-        let this = self.rescan(&sink, ScanPlan::Full).await?;
         match watcher {
-            Ok(watcher) => this.run_watcher(watcher, rx, sink, cancel).await,
-            Err(_) => this.run_polling(sink, cancel).await,
+            // Its first rescan comes after the notifications of the first DEBOUNCE, so that a
+            // file being written as the watch starts is seen as such.
+            Ok(watcher) => self.run_watcher(watcher, rx, sink, cancel).await,
+            Err(_) => {
+                let this = self.rescan(&sink, ScanPlan::Full).await?;
+                this.run_polling(sink, cancel).await
+            }
         }
     }
 
@@ -252,22 +276,31 @@ impl ManifestSource {
         let start = tokio::time::Instant::now() + SAFETY_RESCAN;
         let mut safety = tokio::time::interval_at(start, SAFETY_RESCAN);
         safety.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Manifest files modified and not closed yet, with when that was first seen.
+        let mut writing: HashMap<PathBuf, tokio::time::Instant> = HashMap::new();
+        // The first rescan (of everything) catches what changed since the initial load.
+        let mut first = true;
         loop {
             let mut dirty = HashSet::new();
-            let mut full = false;
+            let mut full = std::mem::take(&mut first);
             let mut relevant = false;
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = safety.tick() => full = true,
-                msg = rx.recv() => match msg {
-                    Some(msg) => relevant = note_event(msg, &mut dirty, &mut full),
-                    None => {
-                        // The watcher's thread is gone; keep going the slow way.
-                        warn!(dir = %self.dir.display(), "manifest watcher stopped; polling instead");
-                        drop(watcher);
-                        return self.run_polling(sink, cancel).await;
-                    }
-                },
+            // When the oldest file still being written must be read anyway.
+            let give_up = writing.values().min().map(|since| *since + WRITE_WAIT);
+            if !full {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = safety.tick() => full = true,
+                    _ = sleep_until_some(give_up) => relevant = true,
+                    msg = rx.recv() => match msg {
+                        Some(msg) => relevant = note_event(msg, &mut dirty, &mut full, &mut writing),
+                        None => {
+                            // The watcher's thread is gone; keep going the slow way.
+                            warn!(dir = %self.dir.display(), "manifest watcher stopped; polling instead");
+                            drop(watcher);
+                            return self.run_polling(sink, cancel).await;
+                        }
+                    },
+                }
             }
             if !(full || relevant) {
                 continue;
@@ -281,12 +314,22 @@ impl ManifestSource {
                     _ = tokio::time::sleep_until(deadline) => break,
                     msg = rx.recv() => match msg {
                         Some(msg) => {
-                            note_event(msg, &mut dirty, &mut full);
+                            note_event(msg, &mut dirty, &mut full, &mut writing);
                         }
                         None => break,
                     },
                 }
             }
+            let now = tokio::time::Instant::now();
+            writing.retain(|path, since| {
+                let waiting = now < *since + WRITE_WAIT;
+                if !waiting {
+                    debug!(path = %path.display(), "manifest file still open for writing; reading it anyway");
+                    dirty.insert(path.clone());
+                }
+                waiting
+            });
+            self.held = writing.keys().cloned().collect();
             let plan = if full {
                 ScanPlan::Full
             } else {
@@ -381,6 +424,17 @@ impl ManifestSource {
         let mut vanished = HashSet::new();
 
         for (path, stat) in &listing.files {
+            if self.held.contains(path) {
+                // Being written: its previous objects stay until the writer is done, when it is
+                // read again (its fingerprint is forgotten so that it is).
+                debug!(path = %path.display(), "manifest file still open for writing; not read yet");
+                report.files += 1;
+                if let Some(state) = self.files.get_mut(path) {
+                    state.stat = None;
+                    report.failed_files += usize::from(state.failed);
+                }
+                continue;
+            }
             let prev = self.files.get(path);
             let must_read = match plan {
                 ScanPlan::Full => true,
@@ -501,10 +555,11 @@ impl ManifestSource {
             }
         }
         for key in changed {
-            let paths = self.owners.entry(key).or_default();
+            let paths = self.owners.entry(key.clone()).or_default();
             paths.retain(|p| p != path);
             if let Some(other) = paths.last() {
                 warn!(
+                    object = %key,
                     path = %path.display(),
                     other = %other.display(),
                     "object defined in two manifest files; the latest definition wins"
@@ -566,15 +621,17 @@ fn start_watcher(
     Ok(watcher)
 }
 
-/// Records what a notification asks to rescan. Returns whether it may mean a change (our own
-/// reads show up as "opened" events: those are ignored, or every scan would trigger another).
+/// Records what a notification asks to rescan, and which manifest files are being written
+/// (modified and not closed yet). Returns whether it may mean a change (our own reads show up
+/// as "opened" events: those are ignored, or every scan would trigger another).
 fn note_event(
     msg: notify::Result<notify::Event>,
     dirty: &mut HashSet<PathBuf>,
     full: &mut bool,
+    writing: &mut HashMap<PathBuf, tokio::time::Instant>,
 ) -> bool {
     use notify::EventKind;
-    use notify::event::{AccessKind, AccessMode};
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
     match msg {
         Ok(event) => {
             if event.need_rescan() {
@@ -582,8 +639,31 @@ fn note_event(
                 return true;
             }
             match event.kind {
-                EventKind::Access(AccessKind::Close(AccessMode::Write)) => {}
+                EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                    for path in &event.paths {
+                        writing.remove(path);
+                    }
+                }
                 EventKind::Access(_) => return false,
+                EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_))
+                    if WATCHER_REPORTS_CLOSE =>
+                {
+                    let now = tokio::time::Instant::now();
+                    for path in &event.paths {
+                        let manifest = path
+                            .file_name()
+                            .is_some_and(|n| is_manifest_name(&n.to_string_lossy()));
+                        if manifest {
+                            writing.entry(path.clone()).or_insert(now);
+                        }
+                    }
+                }
+                // Renamed or removed: whatever is under the name now is complete.
+                EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => {
+                    for path in &event.paths {
+                        writing.remove(path);
+                    }
+                }
                 _ => {}
             }
             dirty.extend(event.paths);
@@ -594,6 +674,14 @@ fn note_event(
             *full = true;
             true
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -712,6 +800,9 @@ fn parse_file(
     metrics: &Metrics,
 ) -> Result<BTreeMap<ObjectKey, ClusterObject>, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not valid UTF-8: {e}"))?;
+    // Editors on Windows may start a file with a byte order mark; YAML and JSON parsers would
+    // take it for part of the first key.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let is_json = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
@@ -780,7 +871,6 @@ fn parse_yaml(path: &Path, text: &str) -> Result<Vec<ClusterObject>, String> {
 
 /// Parses a JSON file holding one object or one list, the same two-pass way as YAML.
 fn parse_json(path: &Path, text: &str) -> Result<Vec<ClusterObject>, String> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {
         return Ok(Vec::new());
     }
@@ -1068,5 +1158,1130 @@ impl<'de> DeserializeSeed<'de> for ItemSeed {
                 Ok(None)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records every event, in order.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<SourceEvent>>);
+
+    impl EventSink for Recorder {
+        fn handle(&self, event: SourceEvent) {
+            self.0.lock().unwrap().push(event);
+        }
+    }
+
+    impl Recorder {
+        /// The events so far as text (`apply Service default/a`, `delete ...`, `synced`),
+        /// in order, and forgets them.
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+                .into_iter()
+                .map(|event| match event {
+                    SourceEvent::Apply(object) => format!("apply {}", object.key().unwrap()),
+                    SourceEvent::Delete(key) => format!("delete {key}"),
+                    SourceEvent::InitialSyncDone => "synced".to_string(),
+                })
+                .collect()
+        }
+
+        /// The objects applied so far, forgetting every event.
+        fn take_applied(&self) -> Vec<ClusterObject> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+                .into_iter()
+                .filter_map(|event| match event {
+                    SourceEvent::Apply(object) => Some(object),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn len(&self) -> usize {
+            self.0.lock().unwrap().len()
+        }
+    }
+
+    fn svc(namespace: &str, name: &str, ip: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
+             spec:\n  clusterIP: {ip}\n  ports:\n  - name: http\n    port: 80\n"
+        )
+    }
+
+    fn cluster_ip(object: &ClusterObject) -> String {
+        match object {
+            ClusterObject::Service(s) => s.spec.as_ref().unwrap().cluster_ip.clone().unwrap(),
+            other => panic!("not a Service: {other:?}"),
+        }
+    }
+
+    fn key(kind: ObjectKind, namespace: &str, name: &str) -> ObjectKey {
+        ObjectKey {
+            kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    /// Parses `text` as if it were the file `name`, returning the keys found.
+    fn parse(name: &str, text: &str) -> Result<Vec<String>, String> {
+        let metrics = Metrics::new();
+        parse_file(Path::new(name), text.as_bytes(), &metrics)
+            .map(|objects| objects.keys().map(ToString::to_string).collect())
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        metrics: Arc<Metrics>,
+        source: ManifestSource,
+        sink: Recorder,
+    }
+
+    impl Fixture {
+        fn new(files: &[(&str, &str)]) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            for (name, text) in files {
+                std::fs::write(dir.path().join(name), text).unwrap();
+            }
+            let metrics = Arc::new(Metrics::new());
+            let source = ManifestSource::new(dir.path().to_path_buf(), metrics.clone());
+            Fixture {
+                dir,
+                metrics,
+                source,
+                sink: Recorder::default(),
+            }
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        fn write(&self, name: &str, text: &str) {
+            std::fs::write(self.path(name), text).unwrap();
+        }
+
+        fn load(&mut self) -> LoadSummary {
+            self.source.load_initial(&self.sink).unwrap()
+        }
+
+        /// A full rescan; the events it sent.
+        fn rescan(&mut self) -> Vec<String> {
+            self.source.scan_logged(&self.sink, &ScanPlan::Full);
+            self.sink.take()
+        }
+
+        /// A rescan of what changed by metadata only (what polling does).
+        fn rescan_changed(&mut self) -> Vec<String> {
+            self.source
+                .scan_logged(&self.sink, &ScanPlan::Changed(HashSet::new()));
+            self.sink.take()
+        }
+
+        fn in_force(&self, key: &ObjectKey) -> Option<&ClusterObject> {
+            self.source.effective(key)
+        }
+
+        fn errors(&self) -> u64 {
+            self.metrics.manifest_errors.get()
+        }
+    }
+
+    /// Runs `f` with every log line it emits captured, and returns them with its result.
+    fn capture_logs<R>(f: impl FnOnce() -> R) -> (R, String) {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl io::Write for Buffer {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .finish();
+        let result = tracing::subscriber::with_default(subscriber, f);
+        let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        (result, logs)
+    }
+
+    // ---- parsing ----
+
+    #[test]
+    fn multi_document_yaml() {
+        let text = format!(
+            "# leading comment\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: other\n\
+             ---\n{}---\n{}\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: a-1\n\
+             \x20 namespace: default\n  labels:\n    kubernetes.io/service-name: a\n\
+             addressType: IPv4\nendpoints:\n- addresses: [192.0.2.9]\n  conditions: {{ready: true}}\n\
+             ...\n",
+            svc("default", "a", "192.0.2.1"),
+            svc("other", "b", "192.0.2.2"),
+        );
+        assert_eq!(
+            parse("x.yaml", &text).unwrap(),
+            [
+                "Service default/a",
+                "Service other/b",
+                "EndpointSlice default/a-1",
+                "Namespace other",
+            ]
+        );
+    }
+
+    #[test]
+    fn namespace_defaults_to_default() {
+        let text =
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: a\nspec:\n  clusterIP: 192.0.2.1\n";
+        assert_eq!(parse("x.yaml", text).unwrap(), ["Service default/a"]);
+    }
+
+    #[test]
+    fn empty_documents_and_files() {
+        for text in [
+            "",
+            "\n",
+            "# only a comment\n",
+            "---\n",
+            "---\n---\n",
+            "---\n# comment\n---\n...\n",
+        ] {
+            assert_eq!(
+                parse("x.yaml", text).unwrap(),
+                Vec::<String>::new(),
+                "{text:?}"
+            );
+        }
+        assert_eq!(parse("x.json", "").unwrap(), Vec::<String>::new());
+        assert_eq!(parse("x.json", " \n").unwrap(), Vec::<String>::new());
+        let text = format!("---\n---\n{}---\n\n---\n", svc("default", "a", "192.0.2.1"));
+        assert_eq!(parse("x.yaml", &text).unwrap(), ["Service default/a"]);
+    }
+
+    #[test]
+    fn byte_order_mark_and_crlf() {
+        let text = format!("\u{feff}{}", svc("default", "a", "192.0.2.1")).replace('\n', "\r\n");
+        assert_eq!(parse("x.yaml", &text).unwrap(), ["Service default/a"]);
+        let json =
+            "\u{feff}{\"apiVersion\":\"v1\",\"kind\":\"Service\",\"metadata\":{\"name\":\"a\"}}";
+        assert_eq!(parse("x.json", json).unwrap(), ["Service default/a"]);
+    }
+
+    #[test]
+    fn yaml_list() {
+        let text = "\
+apiVersion: v1
+kind: List
+metadata:
+  resourceVersion: \"\"
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: a, namespace: default}
+  spec: {clusterIP: 192.0.2.1}
+- apiVersion: v1
+  kind: ConfigMap
+  metadata: {name: cm, namespace: default}
+  data: {key: value}
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata: {name: d, namespace: default}
+  spec: {replicas: 3, template: {spec: {containers: [{name: c, image: x}]}}}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata:
+    name: a-xyz
+    namespace: default
+    labels: {kubernetes.io/service-name: a}
+  addressType: IPv4
+  endpoints: []
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: p, namespace: default}
+  spec:
+    containers:
+    - name: c
+      image: x
+      resources: {limits: {cpu: 1, memory: 128Mi}}
+  status: {podIP: 192.0.2.20}
+";
+        assert_eq!(
+            parse("x.yaml", text).unwrap(),
+            [
+                "Service default/a",
+                "EndpointSlice default/a-xyz",
+                "Pod default/p"
+            ]
+        );
+        // Empty lists.
+        for items in ["items: []", "items: null", "items:", ""] {
+            let text = format!("apiVersion: v1\nkind: List\n{items}\n");
+            assert_eq!(
+                parse("x.yaml", &text).unwrap(),
+                Vec::<String>::new(),
+                "{items}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_list() {
+        let text = r#"{
+  "apiVersion": "v1",
+  "kind": "List",
+  "metadata": {"resourceVersion": ""},
+  "items": [
+    {"apiVersion": "v1", "kind": "Service",
+     "metadata": {"name": "ext", "namespace": "default"},
+     "spec": {"type": "ExternalName", "externalName": "www.example.org"}},
+    {"apiVersion": "v1", "kind": "ConfigMap",
+     "metadata": {"name": "cm", "namespace": "default"}, "data": {"a": "b"}},
+    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}}
+  ]
+}"#;
+        assert_eq!(
+            parse("x.json", text).unwrap(),
+            ["Service default/ext", "Namespace other"]
+        );
+        // A single JSON object.
+        let one = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a","namespace":"n"}}"#;
+        assert_eq!(parse("x.json", one).unwrap(), ["Service n/a"]);
+    }
+
+    #[test]
+    fn typed_list_items_may_omit_their_kind() {
+        let text = "\
+apiVersion: v1
+kind: ServiceList
+items:
+- metadata: {name: a, namespace: default}
+  spec: {clusterIP: 192.0.2.1}
+- metadata: {name: b, namespace: default}
+";
+        assert_eq!(
+            parse("x.yaml", text).unwrap(),
+            ["Service default/a", "Service default/b"]
+        );
+        // A list of a kind we do not serve is skipped whole.
+        let text = "apiVersion: v1\nkind: ConfigMapList\nitems:\n- metadata: {name: a}\n";
+        assert_eq!(parse("x.yaml", text).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn unknown_kinds_are_ignored() {
+        let text = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\ndata:\n  port: \"80\"\n---\n\
+             apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\nspec:\n  replicas: 1\n---\n\
+             apiVersion: v1\nkind: Endpoints\nmetadata:\n  name: a\nsubsets: []\n---\n\
+             apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: i\n---\n\
+             # Not the served API version: not a Service we understand.\n\
+             apiVersion: v2\nkind: Service\nmetadata:\n  name: future\n---\n{}",
+            svc("default", "a", "192.0.2.1")
+        );
+        assert_eq!(parse("x.yaml", &text).unwrap(), ["Service default/a"]);
+        // Fields of an unknown kind are not type-checked against anything.
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [not, a, string]\n";
+        assert_eq!(parse("x.yaml", text).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn realistic_kubectl_output() {
+        let text = "\
+apiVersion: v1
+items:
+- apiVersion: v1
+  kind: Service
+  metadata:
+    annotations:
+      kubectl.kubernetes.io/last-applied-configuration: |
+        {\"apiVersion\":\"v1\",\"kind\":\"Service\",\"metadata\":{\"name\":\"web\"}}
+    creationTimestamp: \"2024-05-01T10:00:00Z\"
+    labels:
+      app: web
+    managedFields:
+    - apiVersion: v1
+      fieldsType: FieldsV1
+      fieldsV1:
+        f:metadata:
+          f:labels:
+            .: {}
+            f:app: {}
+        f:spec:
+          f:ports:
+            k:{\"port\":80,\"protocol\":\"TCP\"}:
+              .: {}
+              f:port: {}
+      manager: kubectl-client-side-apply
+      operation: Update
+      time: \"2024-05-01T10:00:00Z\"
+    name: web
+    namespace: default
+    resourceVersion: \"12345\"
+    uid: 0b9f1a52-3c1e-4f7e-9a57-1f2b3c4d5e6f
+  spec:
+    clusterIP: 192.0.2.60
+    clusterIPs:
+    - 192.0.2.60
+    internalTrafficPolicy: Cluster
+    ipFamilies:
+    - IPv4
+    ipFamilyPolicy: SingleStack
+    ports:
+    - name: http
+      port: 80
+      protocol: TCP
+      targetPort: http
+    selector:
+      app: web
+    sessionAffinity: None
+    type: ClusterIP
+  status:
+    loadBalancer: {}
+- addressType: IPv4
+  apiVersion: discovery.k8s.io/v1
+  endpoints:
+  - addresses:
+    - 192.0.2.61
+    conditions:
+      ready: true
+      serving: true
+      terminating: false
+    nodeName: node-1
+    targetRef:
+      kind: Pod
+      name: web-5d4f8c7b9-abcde
+      namespace: default
+      uid: 1c2d3e4f-5a6b-7c8d-9e0f-a1b2c3d4e5f6
+    zone: zone-a
+  kind: EndpointSlice
+  metadata:
+    annotations:
+      endpoints.kubernetes.io/last-change-trigger-time: \"2024-05-01T10:00:05Z\"
+    creationTimestamp: \"2024-05-01T10:00:00Z\"
+    generateName: web-
+    generation: 3
+    labels:
+      endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io
+      kubernetes.io/service-name: web
+    name: web-x7k2p
+    namespace: default
+    ownerReferences:
+    - apiVersion: v1
+      blockOwnerDeletion: true
+      controller: true
+      kind: Service
+      name: web
+      uid: 0b9f1a52-3c1e-4f7e-9a57-1f2b3c4d5e6f
+    resourceVersion: \"12350\"
+    uid: 2d3e4f5a-6b7c-8d9e-0f1a-b2c3d4e5f6a7
+  ports:
+  - name: http
+    port: 8080
+    protocol: TCP
+    appProtocol: http
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    creationTimestamp: \"2024-05-01T10:00:00Z\"
+    name: web-5d4f8c7b9-abcde
+    namespace: default
+    resourceVersion: \"12349\"
+    uid: 1c2d3e4f-5a6b-7c8d-9e0f-a1b2c3d4e5f6
+  spec:
+    containers:
+    - image: nginx:1.27
+      imagePullPolicy: IfNotPresent
+      name: web
+      ports:
+      - containerPort: 8080
+        name: http
+        protocol: TCP
+      resources:
+        requests:
+          cpu: 100m
+          memory: 64Mi
+      terminationMessagePath: /dev/termination-log
+      terminationMessagePolicy: File
+    dnsPolicy: ClusterFirst
+    restartPolicy: Always
+  status:
+    conditions:
+    - lastProbeTime: null
+      lastTransitionTime: \"2024-05-01T10:00:03Z\"
+      status: \"True\"
+      type: Ready
+    containerStatuses:
+    - containerID: containerd://abc
+      image: docker.io/library/nginx:1.27
+      imageID: docker.io/library/nginx@sha256:abc
+      lastState: {}
+      name: web
+      ready: true
+      restartCount: 0
+      started: true
+      state:
+        running:
+          startedAt: \"2024-05-01T10:00:02Z\"
+    hostIP: 198.51.100.200
+    phase: Running
+    podIP: 192.0.2.61
+    podIPs:
+    - ip: 192.0.2.61
+    qosClass: Burstable
+    startTime: \"2024-05-01T10:00:00Z\"
+kind: List
+metadata:
+  resourceVersion: \"\"
+";
+        assert_eq!(
+            parse("x.yaml", text).unwrap(),
+            [
+                "Service default/web",
+                "EndpointSlice default/web-x7k2p",
+                "Pod default/web-5d4f8c7b9-abcde"
+            ]
+        );
+    }
+
+    #[test]
+    fn broken_documents_are_errors_with_a_line() {
+        let good = svc("default", "a", "192.0.2.1");
+        // Syntax error in the third document: the line is the file's, not the document's.
+        let text = format!("{good}---\n{good}---\napiVersion: v1\nkind: Service\nmetadata: [\n");
+        let error = parse("x.yaml", &text).unwrap_err();
+        assert!(error.contains("document 3"), "{error}");
+        assert!(error.contains("line 26"), "{error}");
+        // Type error in a served kind.
+        let text = format!(
+            "{good}---\napiVersion: v1\nkind: Service\nmetadata:\n  name: b\nspec:\n  ports:\n  - port: eighty\n"
+        );
+        let error = parse("x.yaml", &text).unwrap_err();
+        assert!(error.contains("document 2"), "{error}");
+        assert!(error.contains("line 18"), "{error}");
+        // Missing apiVersion / kind, or not a mapping.
+        let error = parse("x.yaml", "kind: Service\nmetadata:\n  name: a\n").unwrap_err();
+        assert!(error.contains("apiVersion and kind"), "{error}");
+        let error = parse("x.yaml", "- a\n- b\n").unwrap_err();
+        assert!(error.contains("not a Kubernetes object"), "{error}");
+        let error = parse("x.yaml", "apiVersion: v1\nkind: List\nitems:\n- 3\n").unwrap_err();
+        assert!(error.contains("item 0"), "{error}");
+        let error = parse("x.yaml", "apiVersion: v1\nkind: List\nitems: {}\n").unwrap_err();
+        assert!(error.contains("items is not a list"), "{error}");
+        // JSON errors carry a line too.
+        let error = parse("x.json", "{\n  \"apiVersion\": \"v1\",\n  \"kind\": \n}").unwrap_err();
+        assert!(error.contains("line 4"), "{error}");
+        let error = parse(
+            "x.json",
+            "{\"apiVersion\":\"v1\",\"kind\":\"Service\",\n\"metadata\":{\"name\":7}}",
+        )
+        .unwrap_err();
+        assert!(error.contains("line 2"), "{error}");
+        // Invalid UTF-8.
+        let metrics = Metrics::new();
+        let error = parse_file(Path::new("x.yaml"), b"kind: \xff\n", &metrics).unwrap_err();
+        assert!(error.contains("UTF-8"), "{error}");
+    }
+
+    #[test]
+    fn objects_without_a_name_are_skipped_and_counted() {
+        let metrics = Metrics::new();
+        let text = format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  namespace: default\n---\n{}",
+            svc("default", "a", "192.0.2.1")
+        );
+        let objects = parse_file(Path::new("x.yaml"), text.as_bytes(), &metrics).unwrap();
+        assert_eq!(objects.len(), 1);
+        assert_eq!(
+            metrics
+                .objects_rejected
+                .with_label_values(&["Service", "no_name"])
+                .get(),
+            1
+        );
+    }
+
+    #[test]
+    fn duplicate_object_in_one_file_last_wins() {
+        let metrics = Metrics::new();
+        let text = format!(
+            "{}---\n{}",
+            svc("default", "a", "192.0.2.1"),
+            svc("default", "a", "192.0.2.2")
+        );
+        let objects = parse_file(Path::new("x.yaml"), text.as_bytes(), &metrics).unwrap();
+        let only: Vec<_> = objects.values().map(cluster_ip).collect();
+        assert_eq!(only, ["192.0.2.2"]);
+    }
+
+    #[test]
+    fn manifest_names() {
+        for name in ["a.yaml", "a.yml", "a.json", "A.YAML", "a.b.yaml"] {
+            assert!(is_manifest_name(name), "{name}");
+        }
+        for name in [
+            "README.md",
+            "a.yaml.swp",
+            ".a.yaml.swp",
+            ".a.yaml",
+            ".yaml",
+            "a.yaml~",
+            "#a.yaml#",
+            "a.yaml.tmp",
+            "a.txt",
+            "yaml",
+            "a.yaml.bak",
+        ] {
+            assert!(!is_manifest_name(name), "{name}");
+        }
+    }
+
+    // ---- the directory ----
+
+    #[test]
+    fn load_reads_only_manifest_files() {
+        let good = svc("default", "a", "192.0.2.1");
+        let mut f = Fixture::new(&[
+            ("a.yaml", &good),
+            ("README.md", "# not a manifest: {{{"),
+            ("b.yaml.swp", "\0\0binary"),
+            (".b.yaml.swp", "\0\0binary"),
+            (".hidden.yaml", &svc("default", "hidden", "192.0.2.9")),
+            ("c.yaml~", &svc("default", "backup", "192.0.2.9")),
+            ("notes.txt", "x: ["),
+        ]);
+        std::fs::create_dir(f.path(".git")).unwrap();
+        f.write(".git/x.yaml", &svc("default", "git", "192.0.2.9"));
+        std::fs::create_dir(f.path("sub")).unwrap();
+        f.write("sub/b.yml", &svc("other", "b", "192.0.2.2"));
+        let summary = f.load();
+        assert_eq!(
+            summary,
+            LoadSummary {
+                files: 2,
+                objects: 2,
+                failed_files: 0
+            }
+        );
+        assert_eq!(
+            f.sink.take(),
+            ["apply Service default/a", "apply Service other/b", "synced"]
+        );
+        assert_eq!(f.errors(), 0);
+    }
+
+    #[test]
+    fn load_initial_on_a_missing_directory_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let mut source = ManifestSource::new(missing.clone(), Arc::new(Metrics::new()));
+        let sink = Recorder::default();
+        match source.load_initial(&sink) {
+            Err(ManifestError::ReadDir { path, .. }) => assert!(path.ends_with("nope")),
+            other => panic!("expected ReadDir, got {other:?}"),
+        }
+        assert_eq!(
+            sink.len(),
+            0,
+            "no InitialSyncDone for a directory never read"
+        );
+        // A file where the directory should be fails the same way.
+        std::fs::write(&missing, "x").unwrap();
+        let mut source = ManifestSource::new(missing, Arc::new(Metrics::new()));
+        assert!(source.load_initial(&sink).is_err());
+    }
+
+    #[test]
+    fn broken_file_is_reported_counted_and_skipped() {
+        let mut f = Fixture::new(&[
+            ("good.yaml", &svc("default", "a", "192.0.2.1")),
+            (
+                "bad.yaml",
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: b\n  bad: [\n",
+            ),
+        ]);
+        let (summary, logs) = capture_logs(|| f.load());
+        assert_eq!(
+            summary,
+            LoadSummary {
+                files: 2,
+                objects: 1,
+                failed_files: 1
+            }
+        );
+        assert_eq!(f.sink.take(), ["apply Service default/a", "synced"]);
+        assert_eq!(f.errors(), 1);
+        let line = logs
+            .lines()
+            .find(|l| l.contains("rejected manifest file"))
+            .unwrap_or_else(|| panic!("no rejection logged:\n{logs}"));
+        assert!(line.contains("WARN"), "{line}");
+        assert!(
+            line.contains(&f.path("bad.yaml").display().to_string()),
+            "{line}"
+        );
+        assert!(line.contains("line 6"), "{line}");
+        // Not reported again while it does not change.
+        assert_eq!(f.rescan(), Vec::<String>::new());
+        assert_eq!(f.rescan_changed(), Vec::<String>::new());
+        assert_eq!(f.errors(), 1);
+    }
+
+    #[test]
+    fn edit_emits_only_what_changed() {
+        let a = svc("default", "a", "192.0.2.1");
+        let b = svc("default", "b", "192.0.2.2");
+        let c = svc("default", "c", "192.0.2.3");
+        let mut f = Fixture::new(&[
+            ("one.yaml", &format!("{a}---\n{b}---\n{c}")),
+            ("two.yaml", &svc("other", "x", "192.0.2.9")),
+        ]);
+        f.load();
+        f.sink.take();
+        // b changes, c goes, d appears, a stays as it is (reordered and re-commented).
+        let b2 = svc("default", "b", "192.0.2.22");
+        let d = svc("default", "d", "192.0.2.4");
+        f.write("one.yaml", &format!("# edited\n{b2}---\n{d}---\n{a}"));
+        assert_eq!(
+            f.rescan(),
+            [
+                "apply Service default/b",
+                "apply Service default/d",
+                "delete Service default/c"
+            ]
+        );
+        assert_eq!(
+            cluster_ip(
+                f.in_force(&key(ObjectKind::Service, "default", "b"))
+                    .unwrap()
+            ),
+            "192.0.2.22"
+        );
+        // Rewriting the same objects in another format sends nothing.
+        f.write("one.yaml", &format!("{a}---\n{d}---\n{b2}\n\n"));
+        assert_eq!(f.rescan(), Vec::<String>::new());
+        // Touching a file sends nothing either.
+        let bytes = std::fs::read(f.path("one.yaml")).unwrap();
+        f.write("one.yaml", std::str::from_utf8(&bytes).unwrap());
+        assert_eq!(f.rescan(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn removing_a_file_deletes_its_objects() {
+        let mut f = Fixture::new(&[
+            (
+                "one.yaml",
+                &format!(
+                    "{}---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: other\n",
+                    svc("default", "a", "192.0.2.1")
+                ),
+            ),
+            ("two.yaml", &svc("default", "b", "192.0.2.2")),
+        ]);
+        f.load();
+        f.sink.take();
+        std::fs::remove_file(f.path("one.yaml")).unwrap();
+        assert_eq!(
+            f.rescan_changed(),
+            ["delete Service default/a", "delete Namespace other"]
+        );
+        assert_eq!(f.source.owners.len(), 1);
+        // Adding it back applies again.
+        f.write("one.yaml", &svc("default", "a", "192.0.2.1"));
+        assert_eq!(f.rescan_changed(), ["apply Service default/a"]);
+    }
+
+    #[test]
+    fn a_broken_edit_keeps_the_last_good_version() {
+        let a = svc("default", "a", "192.0.2.1");
+        let b = svc("default", "b", "192.0.2.2");
+        let mut f = Fixture::new(&[
+            ("one.yaml", &format!("{a}---\n{b}")),
+            ("two.yaml", &svc("default", "c", "192.0.2.3")),
+        ]);
+        f.load();
+        f.sink.take();
+        // Broken: nothing changes, the error is counted once.
+        f.write("one.yaml", &format!("{a}---\nkind: [\n"));
+        assert_eq!(f.rescan(), Vec::<String>::new());
+        assert_eq!(f.errors(), 1);
+        assert!(
+            f.in_force(&key(ObjectKind::Service, "default", "b"))
+                .is_some()
+        );
+        // Another broken version counts again.
+        f.write("one.yaml", "apiVersion: v1\nkind: Service\nmetadata: 3\n");
+        assert_eq!(f.rescan(), Vec::<String>::new());
+        assert_eq!(f.errors(), 2);
+        // Fixed, with a change: the diff is against the last good version.
+        f.write(
+            "one.yaml",
+            &format!("{a}---\n{}", svc("default", "b", "192.0.2.22")),
+        );
+        assert_eq!(f.rescan(), ["apply Service default/b"]);
+        assert_eq!(f.errors(), 2);
+        // Broken again, then removed: the last good objects go with it.
+        f.write("one.yaml", "{{{{");
+        assert_eq!(f.rescan(), Vec::<String>::new());
+        std::fs::remove_file(f.path("one.yaml")).unwrap();
+        assert_eq!(
+            f.rescan(),
+            ["delete Service default/a", "delete Service default/b"]
+        );
+    }
+
+    #[test]
+    fn an_object_in_two_files() {
+        let mut f = Fixture::new(&[
+            ("a.yaml", &svc("default", "dup", "192.0.2.1")),
+            ("b.yaml", &svc("default", "dup", "192.0.2.2")),
+            ("c.yaml", &svc("default", "same", "192.0.2.5")),
+            ("d.yaml", &svc("default", "same", "192.0.2.5")),
+        ]);
+        let (summary, logs) = capture_logs(|| f.load());
+        assert_eq!(summary.objects, 2);
+        // One Apply per object, the later file (in path order) winning.
+        assert_eq!(
+            f.sink
+                .take_applied()
+                .iter()
+                .map(cluster_ip)
+                .collect::<Vec<_>>(),
+            ["192.0.2.2", "192.0.2.5"]
+        );
+        assert!(
+            logs.contains("object defined in two manifest files") && logs.contains("default/dup"),
+            "{logs}"
+        );
+        let dup = key(ObjectKind::Service, "default", "dup");
+        // Removing the definition in force brings back the other one: no Delete.
+        std::fs::remove_file(f.path("b.yaml")).unwrap();
+        assert_eq!(f.rescan(), ["apply Service default/dup"]);
+        assert_eq!(cluster_ip(f.in_force(&dup).unwrap()), "192.0.2.1");
+        // Identical definitions: removing one changes nothing.
+        std::fs::remove_file(f.path("c.yaml")).unwrap();
+        assert_eq!(f.rescan(), Vec::<String>::new());
+        // Put b back, then edit a: the most recent change wins.
+        f.write("b.yaml", &svc("default", "dup", "192.0.2.2"));
+        assert_eq!(f.rescan(), ["apply Service default/dup"]);
+        assert_eq!(cluster_ip(f.in_force(&dup).unwrap()), "192.0.2.2");
+        f.write("a.yaml", &svc("default", "dup", "192.0.2.3"));
+        assert_eq!(f.rescan(), ["apply Service default/dup"]);
+        assert_eq!(cluster_ip(f.in_force(&dup).unwrap()), "192.0.2.3");
+        // Dropping it from the file in force (the file stays): the other definition is back.
+        f.write("a.yaml", "");
+        assert_eq!(f.rescan(), ["apply Service default/dup"]);
+        assert_eq!(cluster_ip(f.in_force(&dup).unwrap()), "192.0.2.2");
+        // Deleting the not-in-force file sends nothing; deleting the last one deletes it.
+        f.write("a.yaml", &svc("default", "dup", "192.0.2.2"));
+        assert_eq!(f.rescan(), Vec::<String>::new());
+        std::fs::remove_file(f.path("a.yaml")).unwrap();
+        assert_eq!(f.rescan(), Vec::<String>::new());
+        std::fs::remove_file(f.path("b.yaml")).unwrap();
+        assert_eq!(f.rescan(), ["delete Service default/dup"]);
+        assert!(f.in_force(&dup).is_none());
+        assert!(!f.source.owners.contains_key(&dup));
+    }
+
+    #[test]
+    fn an_object_moved_between_files_in_one_scan() {
+        let mut f = Fixture::new(&[
+            ("a.yaml", &svc("default", "m", "192.0.2.1")),
+            ("b.yaml", ""),
+        ]);
+        f.load();
+        f.sink.take();
+        f.write("a.yaml", "");
+        f.write("b.yaml", &svc("default", "m", "192.0.2.1"));
+        assert_eq!(f.rescan(), Vec::<String>::new(), "no delete, no apply");
+        std::fs::rename(f.path("b.yaml"), f.path("c.yaml")).unwrap();
+        assert_eq!(f.rescan_changed(), Vec::<String>::new(), "renamed file");
+    }
+
+    #[test]
+    fn changed_scan_sees_renames_and_quick_rewrites() {
+        let mut f = Fixture::new(&[("a.yaml", &svc("default", "a", "192.0.2.1"))]);
+        f.load();
+        f.sink.take();
+        // Same length, written at once after the load: the racy-stat rule re-reads it.
+        f.write("a.yaml", &svc("default", "a", "192.0.2.7"));
+        assert_eq!(f.rescan_changed(), ["apply Service default/a"]);
+        // Written elsewhere and renamed over it (editors, kubectl-like tools).
+        let tmp = f.path(".a.yaml.tmp");
+        std::fs::write(&tmp, svc("default", "a", "192.0.2.8")).unwrap();
+        std::fs::rename(&tmp, f.path("a.yaml")).unwrap();
+        assert_eq!(f.rescan_changed(), ["apply Service default/a"]);
+        assert_eq!(
+            cluster_ip(
+                f.in_force(&key(ObjectKind::Service, "default", "a"))
+                    .unwrap()
+            ),
+            "192.0.2.8"
+        );
+    }
+
+    /// The layout of a ConfigMap volume: `<key>` -> `..data/<key>`, `..data` ->
+    /// `..<timestamp>`, updated by swapping the `..data` symlink.
+    #[cfg(unix)]
+    #[test]
+    fn configmap_volume_layout() {
+        use std::os::unix::fs::symlink;
+        let mut f = Fixture::new(&[]);
+        let root = f.dir.path().to_path_buf();
+        std::fs::create_dir(root.join("..2024_01_01_00_00_00.1")).unwrap();
+        std::fs::write(
+            root.join("..2024_01_01_00_00_00.1/svc.yaml"),
+            svc("default", "a", "192.0.2.1"),
+        )
+        .unwrap();
+        symlink("..2024_01_01_00_00_00.1", root.join("..data")).unwrap();
+        symlink("..data/svc.yaml", root.join("svc.yaml")).unwrap();
+        assert_eq!(
+            f.load().files,
+            1,
+            "the timestamped directory is not read twice"
+        );
+        assert_eq!(f.sink.take(), ["apply Service default/a", "synced"]);
+        // The update: new directory, new symlink renamed over ..data, old directory removed.
+        std::fs::create_dir(root.join("..2024_01_01_00_01_00.2")).unwrap();
+        std::fs::write(
+            root.join("..2024_01_01_00_01_00.2/svc.yaml"),
+            svc("default", "a", "192.0.2.2"),
+        )
+        .unwrap();
+        symlink("..2024_01_01_00_01_00.2", root.join("..data_tmp")).unwrap();
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+        std::fs::remove_dir_all(root.join("..2024_01_01_00_00_00.1")).unwrap();
+        assert_eq!(f.rescan_changed(), ["apply Service default/a"]);
+        assert_eq!(
+            cluster_ip(
+                f.in_force(&key(ObjectKind::Service, "default", "a"))
+                    .unwrap()
+            ),
+            "192.0.2.2"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_directory_keeps_the_objects() {
+        let mut f = Fixture::new(&[("a.yaml", &svc("default", "a", "192.0.2.1"))]);
+        f.load();
+        f.sink.take();
+        let moved = f.dir.path().with_extension("moved");
+        std::fs::rename(f.dir.path(), &moved).unwrap();
+        assert_eq!(f.rescan(), Vec::<String>::new());
+        assert!(f.source.dir_unreadable);
+        std::fs::rename(&moved, f.dir.path()).unwrap();
+        assert_eq!(f.rescan(), Vec::<String>::new());
+        assert!(!f.source.dir_unreadable);
+    }
+
+    // ---- the watch ----
+
+    /// Waits up to `within` for `check` to hold over the events received so far.
+    async fn wait_for(
+        sink: &Recorder,
+        within: Duration,
+        check: impl Fn(&[String]) -> bool,
+    ) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut seen = Vec::new();
+        loop {
+            seen.extend(sink.take());
+            if check(&seen) || tokio::time::Instant::now() >= deadline {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Starts a watch on a directory holding `files`, after the initial load.
+    async fn start_watch(
+        files: &[(&str, String)],
+    ) -> (tempfile::TempDir, Arc<Recorder>, CancellationToken) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let mut source = ManifestSource::new(dir.path().to_path_buf(), Arc::new(Metrics::new()));
+        let sink = Arc::new(Recorder::default());
+        source.load_initial(sink.as_ref()).unwrap();
+        sink.take();
+        let cancel = CancellationToken::new();
+        tokio::spawn(source.watch(sink.clone(), cancel.clone()));
+        // Let the watch start (its first rescan finds nothing new).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(sink.take(), Vec::<String>::new());
+        (dir, sink, cancel)
+    }
+
+    /// `kubectl get ... -o yaml > file`: the shell truncates the file, kubectl writes it a
+    /// while later. The objects of the file must not vanish meanwhile.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_being_written_keeps_its_objects_until_closed() {
+        use std::io::Write as _;
+        let two = format!(
+            "{}---\n{}",
+            svc("default", "a", "192.0.2.1"),
+            svc("default", "b", "192.0.2.2")
+        );
+        let (dir, sink, cancel) = start_watch(&[("a.yaml", two)]).await;
+        let path = dir.path().join("a.yaml");
+
+        let mut file = std::fs::File::create(&path).unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            sink.take(),
+            Vec::<String>::new(),
+            "read while being written"
+        );
+        // Written in two parts, the first a valid prefix on its own.
+        file.write_all(svc("default", "a", "192.0.2.9").as_bytes())
+            .unwrap();
+        file.flush().unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            sink.take(),
+            Vec::<String>::new(),
+            "read while being written"
+        );
+        file.write_all(format!("---\n{}", svc("default", "b", "192.0.2.2")).as_bytes())
+            .unwrap();
+        drop(file);
+        let seen = wait_for(&sink, Duration::from_secs(1), |seen| !seen.is_empty()).await;
+        assert_eq!(seen, ["apply Service default/a"]);
+
+        // Emptied on purpose (opened, truncated, closed): its objects go at once.
+        drop(std::fs::File::create(&path).unwrap());
+        let seen = wait_for(&sink, Duration::from_secs(1), |seen| seen.len() >= 2).await;
+        assert_eq!(
+            seen,
+            ["delete Service default/a", "delete Service default/b"]
+        );
+        cancel.cancel();
+    }
+
+    /// A writer that never closes the file does not hold it forever.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_left_open_is_read_after_a_while() {
+        use std::io::Write as _;
+        let (dir, sink, cancel) =
+            start_watch(&[("a.yaml", svc("default", "a", "192.0.2.1"))]).await;
+        let mut file = std::fs::File::create(dir.path().join("a.yaml")).unwrap();
+        file.write_all(svc("default", "a", "192.0.2.5").as_bytes())
+            .unwrap();
+        file.flush().unwrap();
+        tokio::time::sleep(WRITE_WAIT - Duration::from_millis(500)).await;
+        assert_eq!(
+            sink.take(),
+            Vec::<String>::new(),
+            "read while being written"
+        );
+        let seen = wait_for(&sink, Duration::from_secs(2), |seen| !seen.is_empty()).await;
+        assert_eq!(seen, ["apply Service default/a"]);
+        drop(file);
+        cancel.cancel();
+    }
+
+    /// The fallback when the directory cannot be watched: a rescan every second.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn polling_applies_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), svc("default", "a", "192.0.2.1")).unwrap();
+        std::fs::write(dir.path().join("b.yaml"), svc("default", "b", "192.0.2.2")).unwrap();
+        let mut source = ManifestSource::new(dir.path().to_path_buf(), Arc::new(Metrics::new()));
+        let sink = Arc::new(Recorder::default());
+        source.load_initial(sink.as_ref()).unwrap();
+        sink.take();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(source.run_polling(sink.clone(), cancel.clone()));
+        let within = POLL_INTERVAL * 3;
+
+        // In place (same length), by rename, and removed: all in one poll or several.
+        std::fs::write(dir.path().join("a.yaml"), svc("default", "a", "192.0.2.7")).unwrap();
+        let tmp = dir.path().join("b.yaml.tmp");
+        std::fs::write(&tmp, svc("default", "c", "192.0.2.3")).unwrap();
+        std::fs::rename(&tmp, dir.path().join("b.yaml")).unwrap();
+        let mut seen = wait_for(&sink, within, |seen| seen.len() >= 3).await;
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                "apply Service default/a",
+                "apply Service default/c",
+                "delete Service default/b"
+            ]
+        );
+        std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+        let seen = wait_for(&sink, within, |seen| !seen.is_empty()).await;
+        assert_eq!(seen, ["delete Service default/a"]);
+
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("polling stops when cancelled")
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watch_applies_changes_within_a_second() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), svc("default", "a", "192.0.2.1")).unwrap();
+        let mut source = ManifestSource::new(dir.path().to_path_buf(), Arc::new(Metrics::new()));
+        let sink = Arc::new(Recorder::default());
+        source.load_initial(sink.as_ref()).unwrap();
+        sink.take();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(source.watch(sink.clone(), cancel.clone()));
+        // Let the watch start (its first rescan finds nothing new).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(sink.take(), Vec::<String>::new());
+
+        let within = Duration::from_secs(1);
+        let want = |w: &'static str| move |seen: &[String]| seen.iter().any(|s| s == w);
+        std::fs::write(dir.path().join("b.yaml"), svc("default", "b", "192.0.2.2")).unwrap();
+        let seen = wait_for(&sink, within, want("apply Service default/b")).await;
+        assert_eq!(seen, ["apply Service default/b"]);
+
+        let tmp = dir.path().join("a.yaml.tmp");
+        std::fs::write(&tmp, svc("default", "a", "192.0.2.9")).unwrap();
+        std::fs::rename(&tmp, dir.path().join("a.yaml")).unwrap();
+        let seen = wait_for(&sink, within, want("apply Service default/a")).await;
+        assert_eq!(seen, ["apply Service default/a"]);
+
+        std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
+        let seen = wait_for(&sink, within, want("delete Service default/b")).await;
+        assert_eq!(seen, ["delete Service default/b"]);
+
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(
+            dir.path().join("sub/c.json"),
+            r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"c"}}"#,
+        )
+        .unwrap();
+        let seen = wait_for(&sink, within, want("apply Namespace c")).await;
+        assert_eq!(seen, ["apply Namespace c"]);
+
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the watch stops when cancelled")
+            .unwrap()
+            .unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! Forwarder tests against fake upstreams on 127.0.0.1 that the tests start themselves.
 
 use super::*;
+use crate::config::Policy;
 use hickory_proto::op::{Message, MessageType, Query};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -13,6 +14,9 @@ fn config(timeout_ms: u64, deadline_ms: u64) -> UpstreamConfig {
         timeout: Duration::from_millis(timeout_ms),
         deadline: Duration::from_millis(deadline_ms),
         timeout_explicit: true,
+        // Deterministic order, so a test knows which upstream is asked first.
+        policy: Policy::Sequential,
+        ..UpstreamConfig::default()
     }
 }
 
@@ -210,4 +214,101 @@ async fn no_upstreams_is_an_error_at_once() {
         fwd.forward(&question("example.org.")).await,
         Err(ForwardError::NoUpstreams)
     ));
+}
+
+#[tokio::test]
+async fn a_failing_upstream_is_marked_down_and_skipped() {
+    let config = UpstreamConfig {
+        policy: Policy::Sequential,
+        max_fails: 2,
+        ..config(500, 2000)
+    };
+    let dead = closed_port();
+    let (fwd, metrics) = forwarder(vec![dead, fake_upstream(Behaviour::Answer)], &config);
+    let query = question("example.org.");
+    for _ in 0..2 {
+        assert_answered(&fwd.forward(&query).await.expect("second answers"), &query);
+    }
+    assert_eq!(outcome(&metrics, "error"), 2);
+    let healthy = |addr: SocketAddr| {
+        metrics
+            .upstream_healthy
+            .with_label_values(&[&addr.to_string()])
+            .get()
+    };
+    assert_eq!(healthy(dead), 0, "marked down after max_fails");
+    // Down: tried last, so no more errors while the other one answers.
+    for _ in 0..3 {
+        assert_answered(&fwd.forward(&query).await.expect("answered"), &query);
+    }
+    assert_eq!(outcome(&metrics, "error"), 2);
+    // The probe keeps failing against the closed port and says so.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(
+        metrics
+            .healthcheck_failures
+            .with_label_values(&[&dead.to_string()])
+            .get()
+            >= 1
+    );
+}
+
+#[tokio::test]
+async fn a_down_upstream_is_probed_back_up() {
+    let config = UpstreamConfig {
+        policy: Policy::Sequential,
+        max_fails: 1,
+        health_check: Duration::from_millis(100),
+        ..config(300, 1000)
+    };
+    // Bound but not yet answering: the first query times out on it.
+    let socket = StdUdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    let (fwd, metrics) = forwarder(vec![addr], &config);
+    let query = question("example.org.");
+    assert!(fwd.forward(&query).await.is_err());
+    let healthy = || {
+        metrics
+            .upstream_healthy
+            .with_label_values(&[&addr.to_string()])
+            .get()
+    };
+    assert_eq!(healthy(), 0);
+    // Now it answers, the probe notices.
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((len, peer)) = socket.recv_from(&mut buf) {
+            if let Ok(request) = Message::from_vec(&buf[..len]) {
+                let _ = socket.send_to(&answer_to(&request, false), peer);
+            }
+        }
+    });
+    let mut up = false;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if healthy() == 1 {
+            up = true;
+            break;
+        }
+    }
+    assert!(up, "the probe brought the upstream back");
+}
+
+#[tokio::test]
+async fn round_robin_spreads_queries_over_upstreams() {
+    let config = UpstreamConfig {
+        policy: Policy::RoundRobin,
+        ..config(500, 1000)
+    };
+    let (fwd, _) = forwarder(
+        vec![
+            fake_upstream(Behaviour::Answer),
+            fake_upstream(Behaviour::Answer),
+        ],
+        &config,
+    );
+    let firsts: Vec<SocketAddr> = (0..4).map(|_| fwd.order()[0].addr).collect();
+    assert_ne!(firsts[0], firsts[1]);
+    assert_eq!(firsts[0], firsts[2]);
+    assert_eq!(firsts[1], firsts[3]);
 }

@@ -38,6 +38,8 @@ use tracing::{debug, warn};
 pub const SCHEMA_VERSION: &str = "1.1.0";
 /// TTL of `dns-version.<zone>`, as CoreDNS serves it.
 const DNS_VERSION_TTL: u32 = 28800;
+/// Largest TTL of the SOA record itself (CoreDNS); its minimum field still carries the zone TTL.
+const MAX_SOA_TTL: u32 = 300;
 /// How many CNAMEs inside the zone are followed before giving up.
 const MAX_CNAME_CHAIN: usize = 8;
 
@@ -224,12 +226,15 @@ impl Zone {
         self.synced.load(Ordering::Acquire)
     }
 
-    /// The SOA record of the zone (RFC 1035 3.3.13; values as CoreDNS serves them).
+    /// The SOA record of the zone (RFC 1035 3.3.13; values as CoreDNS serves them). The
+    /// minimum (the negative-caching TTL, RFC 2308 section 4) is the zone TTL; the record's own
+    /// TTL is the zone TTL capped at [`MAX_SOA_TTL`], as CoreDNS does (plugin/backend_lookup.go,
+    /// `SOA`), which also caps how long a resolver caches a negative answer.
     pub fn soa(&self) -> Record {
         let ttl = self.config.ttl;
         Record::from_rdata(
             self.config.origin.clone(),
-            ttl,
+            ttl.min(MAX_SOA_TTL),
             RData::SOA(SOA::new(
                 self.soa_mname.clone(),
                 self.soa_rname.clone(),
@@ -582,9 +587,12 @@ impl Zone {
                         .inc();
                     return;
                 };
-                if !name::is_valid_label(&key.namespace) && key.kind != ObjectKind::Namespace
-                    || !name::is_valid_label(&key.name)
-                {
+                // Namespace and Service names become labels of the zone; Pod and EndpointSlice
+                // names never do (they may be dotted subdomains), only their namespace does.
+                let name_is_label = matches!(key.kind, ObjectKind::Service | ObjectKind::Namespace);
+                let namespace_ok =
+                    key.kind == ObjectKind::Namespace || name::is_valid_label(&key.namespace);
+                if !namespace_ok || (name_is_label && !name::is_valid_label(&key.name)) {
                     self.reject(key.kind, &key, Rejection::InvalidName);
                     return;
                 }

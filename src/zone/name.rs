@@ -7,14 +7,17 @@ use hickory_proto::rr::Name;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// A DNS label as Kubernetes allows it in object names and hostnames (RFC 1123 label), checked
-/// before it is put into a name so a bad object cannot produce a broken zone.
+/// A DNS label as Kubernetes allows it in object names, hostnames and port names (RFC 1123
+/// label: lowercase letters, digits and `-`, not at either end), checked before it is put into
+/// a name so a bad object cannot produce a broken zone.
 pub fn is_valid_label(label: &str) -> bool {
     !label.is_empty()
         && label.len() <= 63
+        && !label.starts_with('-')
+        && !label.ends_with('-')
         && label
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Builds a fully qualified name from dotted text relative to the root (`"a.b.c"` -> `a.b.c.`).
@@ -105,5 +108,10 @@ mod tests {
         assert!(!is_valid_label(""));
         assert!(!is_valid_label("a.b"));
         assert!(!is_valid_label(&"x".repeat(64)));
+        assert!(!is_valid_label("Bad_Name"));
+        assert!(!is_valid_label("Upper"));
+        assert!(!is_valid_label("-lead"));
+        assert!(!is_valid_label("trail-"));
+        assert!(is_valid_label("8080"));
     }
 }

@@ -676,3 +676,49 @@ fn srv_weights_share_100_as_coredns_does() {
     assert_eq!(records::srv_weight(100), 1);
     assert_eq!(records::srv_weight(1000), 1);
 }
+
+#[test]
+fn soa_ttl_is_capped_at_300_while_its_minimum_follows_the_zone_ttl() {
+    for (ttl, record_ttl) in [(0, 0), (5, 5), (300, 300), (3600, 300)] {
+        let zone = Zone::new(
+            ZoneConfig {
+                origin: n("cluster.local."),
+                ttl,
+                pods: PodMode::Disabled,
+            },
+            Arc::new(Metrics::new()),
+        );
+        let soa = zone.soa();
+        assert_eq!(soa.ttl, record_ttl, "ttl {ttl}: SOA record TTL");
+        let RData::SOA(data) = &soa.data else {
+            panic!("an SOA")
+        };
+        assert_eq!(data.minimum, ttl, "ttl {ttl}: SOA minimum");
+    }
+}
+
+#[test]
+fn only_names_that_become_labels_must_be_labels() {
+    let zone = zone(PodMode::Verified);
+    // Pod names may be dotted subdomains: the pod is still known for verified mode.
+    zone.apply(pod("default", "web.0.example", "192.0.2.60"));
+    assert_eq!(
+        ask(
+            &zone,
+            "192-0-2-60.default.pod.cluster.local.",
+            RecordType::A
+        )
+        .0,
+        NOERROR
+    );
+    // A Service whose name is not a DNS label is rejected, not served.
+    zone.apply(service(
+        "default",
+        "Bad_Name",
+        json!({"clusterIP": "192.0.2.61", "ports": [{"port": 80}]}),
+    ));
+    assert_eq!(
+        ask(&zone, "bad_name.default.svc.cluster.local.", RecordType::A).0,
+        NXDOMAIN
+    );
+}

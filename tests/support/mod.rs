@@ -165,18 +165,32 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits (at most 10 s) for the process to exit; its exit status.
-    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status();
-        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
+    pub fn terminate_and_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.terminate();
+        self.wait_exit(Duration::from_secs(10))
+    }
+
+    /// Sends SIGTERM (what the kubelet sends to stop a pod).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits up to `within` for the process to exit; its exit status if it did.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Some(status);
             }
+            if Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        None
     }
 
     /// Everything the server logged so far.
@@ -263,19 +277,49 @@ impl Drop for Server {
     }
 }
 
-/// One sample of a Prometheus text exposition (0 when absent).
+/// The sum of the samples of metric `name` whose labels include every `key="value"` pair of
+/// `labels` (comma-separated, as Prometheus prints them; "" matches every series). 0 when
+/// none match. A subset, so tests need not spell labels they do not care about (`server`,
+/// `zone`, ...), and an exact label set still selects exactly its one series.
 pub fn metric_value(text: &str, name: &str, labels: &str) -> f64 {
-    let wanted = if labels.is_empty() {
-        name.to_string()
-    } else {
-        format!("{name}{{{labels}}}")
-    };
+    let wanted: Vec<&str> = split_labels(labels);
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.rsplit_once(' '))
-        .find(|(series, _)| *series == wanted)
-        .map(|(_, value)| value.parse().expect("numeric sample"))
-        .unwrap_or(0.0)
+        .filter_map(|(series, value)| {
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}').unwrap_or(rest)),
+                None => (series, ""),
+            };
+            (series_name == name).then_some((series_labels, value))
+        })
+        .filter(|(series_labels, _)| {
+            let have = split_labels(series_labels);
+            wanted.iter().all(|w| have.contains(w))
+        })
+        .map(|(_, value)| value.parse::<f64>().expect("numeric sample"))
+        .sum()
+}
+
+/// `a="x",b="y,z"` -> [`a="x"`, `b="y,z"`] (commas inside quotes are kept).
+fn split_labels(labels: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in labels.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(labels[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    let last = labels[start..].trim();
+    if !last.is_empty() {
+        out.push(last);
+    }
+    out
 }
 
 /// A GET over a plain HTTP/1.1 connection: (status, body).
@@ -323,7 +367,8 @@ pub fn query(name: &str, qtype: RecordType) -> Message {
     message.metadata.id = rand::random();
     message.metadata.recursion_desired = true;
     message.add_query(Query::query(
-        Name::from_str(name).expect("valid name"),
+        // from_ascii keeps the case as written (from_str lowercases), so case echo is tested.
+        Name::from_ascii(name).expect("valid name"),
         qtype,
     ));
     message
@@ -414,6 +459,11 @@ pub enum UpstreamMode {
     Answer,
     /// Receive and never answer.
     Silent,
+    /// As `Answer`, but each answer leaves after this many milliseconds.
+    Slow(u64),
+    /// Pass every query on to this address and its answer back: a resolver that leads
+    /// back to the server under test when pointed at it (the forwarding-loop trap).
+    Relay(SocketAddr),
 }
 
 /// A resolver the test runs itself on 127.0.0.1 (UDP and TCP on the same port).
@@ -424,7 +474,13 @@ pub struct FakeUpstream {
     pub received: Arc<AtomicUsize>,
     /// The last question received, as `name type`.
     pub last_question: Arc<Mutex<Option<String>>>,
+    silenced: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// TTL of the SOA a fake upstream sends with NXDOMAIN.
+pub const UPSTREAM_SOA_TTL: u32 = 600;
+/// MINIMUM of that SOA: the negative TTL (RFC 2308: the smaller of the two).
+pub const UPSTREAM_SOA_MINIMUM: u32 = 60;
 
 /// The address every fake upstream answers A queries with.
 pub const UPSTREAM_A: [u8; 4] = [203, 0, 113, 53];
@@ -432,21 +488,34 @@ pub const UPSTREAM_A: [u8; 4] = [203, 0, 113, 53];
 impl FakeUpstream {
     /// Starts one; its threads live until the test process ends.
     pub fn start(mode: UpstreamMode) -> FakeUpstream {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind fake upstream");
-        let addr = udp.local_addr().expect("addr");
-        let tcp = std::net::TcpListener::bind(addr).expect("bind fake upstream TCP");
+        // The UDP port the kernel picks may already be taken for TCP (by a client connection
+        // of another test, say): pick again, as the server itself does.
+        let (udp, addr, tcp) = (0..20)
+            .find_map(|_| {
+                let udp = UdpSocket::bind("127.0.0.1:0").expect("bind fake upstream");
+                let addr = udp.local_addr().expect("addr");
+                let tcp = std::net::TcpListener::bind(addr).ok()?;
+                Some((udp, addr, tcp))
+            })
+            .expect("bind fake upstream UDP and TCP on one port");
         let received = Arc::new(AtomicUsize::new(0));
         let last_question = Arc::new(Mutex::new(None));
-        let state = (received.clone(), last_question.clone());
+        let silenced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let state = (received.clone(), last_question.clone(), silenced.clone());
+        let udp = Arc::new(udp);
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok((len, peer)) = udp.recv_from(&mut buf) {
-                if let Some(answer) = upstream_answer(mode, &buf[..len], &state) {
-                    let _ = udp.send_to(&answer, peer);
-                }
+                let (request, state, udp) = (buf[..len].to_vec(), state.clone(), udp.clone());
+                // One thread per query, so a slow answer does not hold up the others.
+                std::thread::spawn(move || {
+                    if let Some(answer) = upstream_answer(mode, &request, &state) {
+                        let _ = udp.send_to(&answer, peer);
+                    }
+                });
             }
         });
-        let state = (received.clone(), last_question.clone());
+        let state = (received.clone(), last_question.clone(), silenced.clone());
         std::thread::spawn(move || {
             for stream in tcp.incoming() {
                 let Ok(mut stream) = stream else { continue };
@@ -464,7 +533,13 @@ impl FakeUpstream {
             addr,
             received,
             last_question,
+            silenced,
         }
+    }
+
+    /// From now on, receive and never answer (an upstream that died).
+    pub fn go_silent(&self) {
+        self.silenced.store(true, Ordering::SeqCst);
     }
 
     /// Queries received so far.
@@ -473,25 +548,65 @@ impl FakeUpstream {
     }
 }
 
-type UpstreamState = (Arc<AtomicUsize>, Arc<Mutex<Option<String>>>);
+type UpstreamState = (
+    Arc<AtomicUsize>,
+    Arc<Mutex<Option<String>>>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
 
-fn upstream_answer(mode: UpstreamMode, request: &[u8], state: &UpstreamState) -> Option<Vec<u8>> {
-    let request = Message::from_vec(request).ok()?;
-    state.0.fetch_add(1, Ordering::SeqCst);
+/// The server's startup loop probes are for names under this domain (see
+/// src/upstream/loop_check.rs); a fake upstream answers them without counting them, so
+/// tests count only the questions they caused.
+const LOOP_PROBE_DOMAIN: &str = "clusterdns-loop.invalid.";
+
+fn upstream_answer(mode: UpstreamMode, wire: &[u8], state: &UpstreamState) -> Option<Vec<u8>> {
+    let request = Message::from_vec(wire).ok()?;
     let question = request.queries.first()?.clone();
-    if let Ok(mut last) = state.1.lock() {
-        *last = Some(format!("{} {}", question.name(), question.query_type()));
+    if let UpstreamMode::Relay(target) = mode {
+        let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
+        socket.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        socket.send_to(wire, target).ok()?;
+        let mut buf = vec![0u8; 65535];
+        let len = socket.recv(&mut buf).ok()?;
+        return Some(buf[..len].to_vec());
     }
-    if mode == UpstreamMode::Silent {
+    let probe = Name::from_ascii(LOOP_PROBE_DOMAIN)
+        .expect("valid")
+        .zone_of(question.name());
+    if !probe {
+        state.0.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut last) = state.1.lock() {
+            *last = Some(format!("{} {}", question.name(), question.query_type()));
+        }
+    }
+    if state.2.load(Ordering::SeqCst) {
         return None;
+    }
+    match mode {
+        UpstreamMode::Silent => return None,
+        UpstreamMode::Slow(ms) => std::thread::sleep(Duration::from_millis(ms)),
+        _ => {}
     }
     let mut answer = Message::response(request.metadata.id, request.metadata.op_code);
     answer.metadata.recursion_desired = request.metadata.recursion_desired;
     answer.metadata.recursion_available = true;
     answer.queries = request.queries.clone();
     let nx = Name::from_str("nx.example.org.").expect("valid");
-    if nx.zone_of(question.name()) {
+    if probe || nx.zone_of(question.name()) {
         answer.metadata.response_code = hickory_proto::op::ResponseCode::NXDomain;
+        answer.authorities.push(Record::from_rdata(
+            nx.clone(),
+            UPSTREAM_SOA_TTL,
+            RData::SOA(hickory_proto::rr::rdata::SOA::new(
+                Name::from_ascii("ns.example.org.").expect("valid"),
+                Name::from_ascii("hostmaster.example.org.").expect("valid"),
+                1,
+                7200,
+                1800,
+                86400,
+                UPSTREAM_SOA_MINIMUM,
+            )),
+        ));
     } else if question.query_type() == RecordType::A {
         let [a, b, c, d] = UPSTREAM_A;
         answer.answers.push(Record::from_rdata(
@@ -501,4 +616,54 @@ fn upstream_answer(mode: UpstreamMode, request: &[u8], state: &UpstreamState) ->
         ));
     }
     answer.to_vec().ok()
+}
+
+/// Sends raw bytes over UDP to `addr` from a socket of the same address family (IPv4 or
+/// IPv6 loopback); the raw answer, or `None` after `wait`.
+pub fn udp_raw_to(addr: SocketAddr, packet: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    let local = if addr.is_ipv6() {
+        "[::1]:0"
+    } else {
+        "127.0.0.1:0"
+    };
+    let socket = UdpSocket::bind(local).expect("bind client");
+    socket.set_read_timeout(Some(wait)).expect("timeout");
+    socket.send_to(packet, addr).expect("send");
+    let mut buf = vec![0u8; 65535];
+    match socket.recv(&mut buf) {
+        Ok(len) => Some(buf[..len].to_vec()),
+        Err(_) => None,
+    }
+}
+
+/// How a TCP connection ended, as seen by a reader waiting for more bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpEnd {
+    /// The server closed it (FIN).
+    Closed,
+    /// The server reset it (RST), or it broke otherwise.
+    Reset,
+    /// Still open when the read timeout passed.
+    Open,
+    /// The server sent more bytes.
+    Data,
+}
+
+/// Waits (up to the stream's read timeout) for the server to end the connection, without
+/// sending anything; a byte from the server is reported as [`TcpEnd::Data`].
+pub fn wait_tcp_end(stream: &mut TcpStream) -> TcpEnd {
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => TcpEnd::Closed,
+        Ok(_) => TcpEnd::Data,
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            TcpEnd::Open
+        }
+        Err(_) => TcpEnd::Reset,
+    }
 }

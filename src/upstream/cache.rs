@@ -1,0 +1,345 @@
+//! The cache of upstream answers (moka): positive and negative entries kept apart, TTLs that
+//! count down while cached, and expired entries kept a while longer for serve-stale.
+//!
+//! Owns: what is cacheable and for how long (RFC 2308 negative caching, TTL floors and caps),
+//! the cache key, and rewriting TTLs on the way out. Must not talk to upstreams (the
+//! [`super::Resolver`] decides when to ask, refresh or fall back to stale) and never holds
+//! cluster-zone answers: the zone already is a cache.
+
+use crate::config::CacheConfig;
+use crate::ops::metrics::Metrics;
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
+use moka::notification::RemovalCause;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// TTL of an answer served stale (RFC 8767 section 4 recommends 30 s).
+pub const STALE_TTL: u32 = 30;
+
+/// What identifies one cached answer. The name is lowercased: DNS names are
+/// case-insensitive, and one entry serves every spelling.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct CacheKey {
+    name: Name,
+    qtype: RecordType,
+    qclass: DNSClass,
+    /// DO and CD change what an upstream returns (RRSIGs, unvalidated data).
+    dnssec_ok: bool,
+    checking_disabled: bool,
+}
+
+impl CacheKey {
+    /// The key of a query with exactly one question; `None` otherwise.
+    pub fn of(query: &Message) -> Option<CacheKey> {
+        let [question] = query.queries.as_slice() else {
+            return None;
+        };
+        Some(CacheKey {
+            name: question.name().to_lowercase(),
+            qtype: question.query_type(),
+            qclass: question.query_class(),
+            dnssec_ok: query.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+            checking_disabled: query.metadata.checking_disabled,
+        })
+    }
+}
+
+/// Which of the two caches an answer lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Success,
+    Denial,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Success => "success",
+            Kind::Denial => "denial",
+        }
+    }
+}
+
+/// One cached answer, as the upstream sent it (TTLs already capped).
+#[derive(Debug)]
+struct Stored {
+    rcode: ResponseCode,
+    answers: Vec<Record>,
+    authorities: Vec<Record>,
+    additionals: Vec<Record>,
+    stored_at: Instant,
+    ttl: Duration,
+    hits: AtomicU32,
+    prefetching: AtomicBool,
+}
+
+/// The parts of an upstream answer the handler needs, with TTLs as they are now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CachedAnswer {
+    /// The upstream's rcode.
+    pub rcode: ResponseCode,
+    /// Answer section.
+    pub answers: Vec<Record>,
+    /// Authority section.
+    pub authorities: Vec<Record>,
+    /// Additional section (no OPT).
+    pub additionals: Vec<Record>,
+}
+
+impl CachedAnswer {
+    /// The cacheable parts of an upstream message.
+    pub fn from_message(message: &Message) -> CachedAnswer {
+        CachedAnswer {
+            rcode: message.metadata.response_code,
+            answers: message.answers.clone(),
+            authorities: message.authorities.clone(),
+            additionals: message
+                .additionals
+                .iter()
+                .filter(|r| r.record_type() != RecordType::OPT)
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// The result of a cache lookup.
+#[derive(Debug)]
+pub enum Lookup {
+    /// A live entry. `prefetch` is true (once per entry) when it is popular and close to
+    /// expiry: the caller should refresh it in the background.
+    Fresh {
+        /// The answer, TTLs counted down.
+        answer: CachedAnswer,
+        /// Refresh it now.
+        prefetch: bool,
+    },
+    /// Expired, but within the serve-stale window: only for when every upstream fails.
+    Stale(CachedAnswer),
+    /// Nothing usable.
+    Miss,
+}
+
+type Store = moka::sync::Cache<CacheKey, Arc<Stored>>;
+
+/// The positive and negative caches.
+pub struct Cache {
+    success: Store,
+    denial: Store,
+    config: CacheConfig,
+    metrics: Arc<Metrics>,
+}
+
+/// Keeps each entry until its TTL plus the serve-stale window has passed.
+struct ExpireAfterTtl {
+    stale_window: Duration,
+}
+
+impl moka::Expiry<CacheKey, Arc<Stored>> for ExpireAfterTtl {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<Stored>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl + self.stale_window)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<Stored>,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl + self.stale_window)
+    }
+}
+
+impl Cache {
+    /// An empty cache with the capacities and TTL rules of `config`.
+    pub fn new(config: &CacheConfig, metrics: Arc<Metrics>) -> Cache {
+        let store = |capacity: u64, kind: Kind| -> Store {
+            let evictions = metrics.cache_evictions.with_label_values(&[kind.label()]);
+            moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(ExpireAfterTtl {
+                    stale_window: Duration::from_secs(config.serve_stale.into()),
+                })
+                .eviction_listener(move |_key, _value, cause| {
+                    if cause == RemovalCause::Size {
+                        evictions.inc();
+                    }
+                })
+                .build()
+        };
+        Cache {
+            success: store(config.capacity, Kind::Success),
+            denial: store(config.negative_capacity, Kind::Denial),
+            config: config.clone(),
+            metrics,
+        }
+    }
+
+    /// False when the cache is configured off.
+    pub fn enabled(&self) -> bool {
+        self.config.capacity > 0
+    }
+
+    /// Looks `key` up at time `now`.
+    pub fn get(&self, key: &CacheKey, now: Instant) -> Lookup {
+        if !self.enabled() {
+            return Lookup::Miss;
+        }
+        self.metrics.cache_requests.inc();
+        let found = [(&self.success, Kind::Success), (&self.denial, Kind::Denial)]
+            .into_iter()
+            .find_map(|(store, kind)| store.get(key).map(|entry| (entry, kind)));
+        let Some((entry, kind)) = found else {
+            self.metrics.cache_misses.inc();
+            return Lookup::Miss;
+        };
+        let age = now.saturating_duration_since(entry.stored_at);
+        if age >= entry.ttl {
+            self.metrics.cache_misses.inc();
+            return Lookup::Stale(entry.answer_with(|_| STALE_TTL));
+        }
+        self.metrics
+            .cache_hits
+            .with_label_values(&[kind.label()])
+            .inc();
+        let hits = entry.hits.fetch_add(1, Ordering::Relaxed) + 1;
+        let left = entry.ttl - age;
+        let prefetch = self.config.prefetch > 0
+            && hits >= self.config.prefetch
+            && left * 10 <= entry.ttl
+            && !entry.prefetching.swap(true, Ordering::Relaxed);
+        let elapsed = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
+        Lookup::Fresh {
+            answer: entry.answer_with(|ttl| ttl.saturating_sub(elapsed)),
+            prefetch,
+        }
+    }
+
+    /// Stores an upstream answer if it is cacheable, for as long as its TTLs allow, and
+    /// returns it as stored (TTLs capped), so the first client sees the TTLs later clients
+    /// will see counted down. `None` when not cached.
+    pub fn insert(
+        &self,
+        key: CacheKey,
+        answer: &CachedAnswer,
+        now: Instant,
+    ) -> Option<CachedAnswer> {
+        if !self.enabled() {
+            return None;
+        }
+        let (kind, ttl) = self.lifetime(answer)?;
+        if ttl == 0 {
+            return None;
+        }
+        let cap = |records: &[Record]| -> Vec<Record> {
+            records
+                .iter()
+                .map(|r| {
+                    // No record outlives its entry, and none is below the floor the
+                    // entry itself was raised to.
+                    let mut r = r.clone();
+                    r.ttl = r.ttl.clamp(ttl.min(self.config.min_ttl), ttl);
+                    r
+                })
+                .collect()
+        };
+        let stored = Arc::new(Stored {
+            rcode: answer.rcode,
+            answers: cap(&answer.answers),
+            authorities: cap(&answer.authorities),
+            additionals: cap(&answer.additionals),
+            stored_at: now,
+            ttl: Duration::from_secs(ttl.into()),
+            hits: AtomicU32::new(0),
+            prefetching: AtomicBool::new(false),
+        });
+        let as_stored = stored.answer_with(|ttl| ttl);
+        // One key lives in one store: a name that turned from NXDOMAIN into an answer (or
+        // back) must not leave the old entry behind for serve-stale to find.
+        match kind {
+            Kind::Success => {
+                self.denial.invalidate(&key);
+                self.success.insert(key, stored);
+            }
+            Kind::Denial => {
+                self.success.invalidate(&key);
+                self.denial.insert(key, stored);
+            }
+        }
+        Some(as_stored)
+    }
+
+    /// Which cache an answer goes to and its TTL in seconds; `None` if not cacheable.
+    fn lifetime(&self, answer: &CachedAnswer) -> Option<(Kind, u32)> {
+        let c = &self.config;
+        let negative_ttl = || {
+            // RFC 2308 section 5: the SOA's TTL, capped by its MINIMUM field. A negative
+            // answer without SOA says nothing about how long it holds: not cached.
+            answer.authorities.iter().find_map(|r| match &r.data {
+                hickory_proto::rr::RData::SOA(soa) => Some(r.ttl.min(soa.minimum)),
+                _ => None,
+            })
+        };
+        match answer.rcode {
+            ResponseCode::NoError if !answer.answers.is_empty() => {
+                let ttl = answer.answers.iter().map(|r| r.ttl).min()?;
+                Some((
+                    Kind::Success,
+                    ttl.clamp(c.min_ttl.min(c.max_ttl), c.max_ttl),
+                ))
+            }
+            ResponseCode::NoError | ResponseCode::NXDomain => {
+                let ttl = negative_ttl()?;
+                let max = c.max_negative_ttl;
+                Some((Kind::Denial, ttl.clamp(c.min_ttl.min(max), max)))
+            }
+            ResponseCode::ServFail if c.servfail_ttl > 0 => Some((Kind::Denial, c.servfail_ttl)),
+            _ => None,
+        }
+    }
+
+    /// Refreshes the `coredns_cache_entries` gauges (called before each scrape or at
+    /// intervals; counting is not free, so not on the query path).
+    pub fn update_entry_gauges(&self) {
+        for (store, kind) in [(&self.success, Kind::Success), (&self.denial, Kind::Denial)] {
+            store.run_pending_tasks();
+            let count = i64::try_from(store.entry_count()).unwrap_or(i64::MAX);
+            self.metrics
+                .cache_entries
+                .with_label_values(&[kind.label()])
+                .set(count);
+        }
+    }
+}
+
+impl Stored {
+    fn answer_with(&self, ttl: impl Fn(u32) -> u32) -> CachedAnswer {
+        let adjust = |records: &[Record]| -> Vec<Record> {
+            records
+                .iter()
+                .map(|r| {
+                    let mut r = r.clone();
+                    r.ttl = ttl(r.ttl);
+                    r
+                })
+                .collect()
+        };
+        CachedAnswer {
+            rcode: self.rcode,
+            answers: adjust(&self.answers),
+            authorities: adjust(&self.authorities),
+            additionals: adjust(&self.additionals),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
