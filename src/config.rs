@@ -86,6 +86,8 @@ pub struct Config {
     /// kube-proxy takes the pod out of the Service before it stops (CoreDNS `lameduck`).
     #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub lameduck: Duration,
+    /// The `[kubernetes]` table: the Kubernetes API source.
+    pub kubernetes: KubernetesConfig,
 }
 
 /// The `[log]` table.
@@ -157,6 +159,49 @@ pub struct CacheConfig {
     /// An entry asked at least this many times is refreshed in the background when less than
     /// 10% of its TTL is left; 0 disables prefetch.
     pub prefetch: u32,
+}
+
+/// The `[kubernetes]` table.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// Serve the cluster from the Kubernetes API (kube-rs watchers).
+    pub enabled: bool,
+    /// Kubeconfig file; `None`: `KUBECONFIG`, `~/.kube/config`, then the in-cluster service
+    /// account. Relative paths in the file are resolved against the config file's directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Serve only these namespaces (valid, distinct DNS labels); empty: all.
+    #[serde(deserialize_with = "de_namespaces")]
+    pub namespaces: Vec<String>,
+    /// Label selector applied to Services and EndpointSlices; `None`: all.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_labels"
+    )]
+    pub labels: Option<String>,
+    /// Last-good snapshot file (resolved like `kubeconfig`); `None`: no snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<PathBuf>,
+    /// Least time between two snapshot writes. TOML: `"10s"`.
+    #[serde(
+        deserialize_with = "de_snapshot_interval",
+        serialize_with = "ser_duration"
+    )]
+    pub snapshot_interval: Duration,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> KubernetesConfig {
+        KubernetesConfig {
+            enabled: false,
+            kubeconfig: None,
+            namespaces: Vec::new(),
+            labels: None,
+            snapshot: None,
+            snapshot_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 /// The `[server]` table.
@@ -285,6 +330,7 @@ impl Default for Config {
             ready_listen: Some(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 8181)),
             server: ServerConfig::default(),
             upstream: UpstreamConfig::default(),
+            kubernetes: KubernetesConfig::default(),
             cache: CacheConfig::default(),
             log: LogConfig::default(),
             lameduck: Duration::from_secs(5),
@@ -427,6 +473,14 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[serde(default)]
 struct SpanDoc {
     upstream: SpanUpstream,
+    kubernetes: SpanKubernetes,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct SpanKubernetes {
+    enabled: Option<toml::Spanned<toml::Value>>,
+    snapshot: Option<toml::Spanned<toml::Value>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -472,11 +526,34 @@ impl Config {
                 ),
             ));
         }
-        if let Some(dir) = &config.manifests
-            && dir.is_relative()
-            && let Some(base) = path.parent()
-        {
-            config.manifests = Some(base.join(dir));
+        if config.kubernetes.enabled && config.manifests.is_some() {
+            let span = spans.kubernetes.enabled.map(|s| s.span());
+            return Err(ConfigError::at(
+                path,
+                text,
+                span,
+                SOURCES_CONFLICT.to_string(),
+            ));
+        }
+        if config.kubernetes.snapshot.is_some() && !config.kubernetes.enabled {
+            let span = spans.kubernetes.snapshot.map(|s| s.span());
+            return Err(ConfigError::at(
+                path,
+                text,
+                span,
+                SNAPSHOT_NEEDS_API.to_string(),
+            ));
+        }
+        if let Some(base) = path.parent() {
+            for p in [
+                &mut config.manifests,
+                &mut config.kubernetes.kubeconfig,
+                &mut config.kubernetes.snapshot,
+            ] {
+                if let Some(rel) = p.as_ref().filter(|p| p.is_relative()) {
+                    *p = Some(base.join(rel));
+                }
+            }
         }
         Ok(config)
     }
@@ -505,6 +582,46 @@ impl Config {
                 .as_ref()
                 .map_or_else(|| "none".to_string(), |d| d.display().to_string())
         );
+        let k = &self.kubernetes;
+        if k.enabled {
+            let _ = writeln!(
+                out,
+                "kubernetes api:    on, {}; namespaces {}; labels {}",
+                k.kubeconfig.as_ref().map_or_else(
+                    || "KUBECONFIG, ~/.kube/config or in-cluster service account".to_string(),
+                    |p| format!("kubeconfig {}", p.display())
+                ),
+                if k.namespaces.is_empty() {
+                    "all".to_string()
+                } else {
+                    k.namespaces.join(", ")
+                },
+                k.labels.as_deref().unwrap_or("any"),
+            );
+            let _ = writeln!(
+                out,
+                "snapshot:          {}",
+                k.snapshot.as_ref().map_or_else(
+                    || "none".to_string(),
+                    |p| format!(
+                        "{}, written at most every {}",
+                        p.display(),
+                        format_duration(k.snapshot_interval)
+                    )
+                )
+            );
+            let _ = writeln!(
+                out,
+                "watched kinds:     Service, EndpointSlice, Namespace{}",
+                if self.pods == PodMode::Verified {
+                    ", Pod"
+                } else {
+                    ""
+                }
+            );
+        } else {
+            let _ = writeln!(out, "kubernetes api:    off");
+        }
         if self.upstreams.is_empty() {
             let _ = writeln!(
                 out,
@@ -643,6 +760,25 @@ pub struct ServeArgs {
     /// resolv.conf to take upstreams from when none are given [default: /etc/resolv.conf].
     #[arg(long, value_name = "FILE")]
     pub resolv_conf: Option<PathBuf>,
+    /// Serve the cluster from the Kubernetes API (in-cluster service account, or KUBECONFIG).
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// Kubeconfig for the Kubernetes API source (implies --kubernetes).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Serve only these namespaces (comma-separated) [default: all].
+    #[arg(long, value_name = "NS,...", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Label selector for Services and EndpointSlices [default: all].
+    #[arg(long, value_name = "SELECTOR")]
+    pub labels: Option<String>,
+    /// Last-good snapshot of the Kubernetes objects: written after changes, served at startup
+    /// when the API cannot be reached [default: none].
+    #[arg(long, value_name = "FILE")]
+    pub snapshot: Option<PathBuf>,
+    /// Least time between two snapshot writes [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub snapshot_interval: Option<String>,
     /// Log format [default: text].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -705,6 +841,49 @@ impl ServeArgs {
         if let Some(path) = &self.resolv_conf {
             config.resolv_conf = path.clone();
         }
+        if self.kubernetes {
+            config.kubernetes.enabled = true;
+        }
+        if let Some(path) = &self.kubeconfig {
+            config.kubernetes.enabled = true;
+            config.kubernetes.kubeconfig = Some(path.clone());
+        }
+        if !self.namespaces.is_empty() {
+            config.kubernetes.namespaces =
+                check_namespaces(self.namespaces.clone()).map_err(flag("--namespaces"))?;
+        }
+        if let Some(labels) = &self.labels {
+            config.kubernetes.labels = Some(check_labels(labels).map_err(flag("--labels"))?);
+        }
+        if let Some(path) = &self.snapshot {
+            config.kubernetes.snapshot = Some(path.clone());
+        }
+        if let Some(d) = &self.snapshot_interval {
+            config.kubernetes.snapshot_interval = parse_duration(d)
+                .and_then(|d| check_positive("--snapshot-interval", d))
+                .map_err(flag("--snapshot-interval"))?;
+        }
+        if config.kubernetes.snapshot.is_some() && !config.kubernetes.enabled {
+            return Err(ConfigError::Flag {
+                flag: if self.snapshot.is_some() {
+                    "--snapshot"
+                } else {
+                    "--kubernetes"
+                },
+                reason: SNAPSHOT_NEEDS_API.to_string(),
+            });
+        }
+        if config.kubernetes.enabled && config.manifests.is_some() {
+            let which = if self.kubernetes || self.kubeconfig.is_some() {
+                "--kubernetes"
+            } else {
+                "--manifests"
+            };
+            return Err(ConfigError::Flag {
+                flag: which,
+                reason: SOURCES_CONFLICT.to_string(),
+            });
+        }
         if let Some(format) = self.log_format {
             config.log.format = format;
         }
@@ -747,6 +926,80 @@ fn parse_zone(s: &str) -> Result<String, String> {
         }
     }
     Ok(name)
+}
+
+/// Why `manifests` and the Kubernetes source cannot both be on.
+const SOURCES_CONFLICT: &str = "the Kubernetes API source and a manifest directory cannot be used together: \
+     choose one (kubernetes.enabled / --kubeconfig, or manifests / --manifests)";
+
+/// Why a snapshot without the Kubernetes source is refused.
+const SNAPSHOT_NEEDS_API: &str = "a snapshot is a copy of the Kubernetes API's objects: it needs the Kubernetes source \
+     (kubernetes.enabled / --kubernetes / --kubeconfig)";
+
+/// Namespaces to serve: each a DNS label, none twice.
+fn check_namespaces(list: Vec<String>) -> Result<Vec<String>, String> {
+    let mut seen = HashSet::new();
+    for ns in &list {
+        let valid = !ns.is_empty()
+            && ns.len() <= 63
+            && ns
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !ns.starts_with('-')
+            && !ns.ends_with('-');
+        if !valid {
+            return Err(format!(
+                "invalid namespace {ns:?}: must be a lowercase DNS label (a-z, 0-9, '-')"
+            ));
+        }
+        if !seen.insert(ns.as_str()) {
+            return Err(format!("namespace {ns:?} is given twice"));
+        }
+    }
+    Ok(list)
+}
+
+/// A label selector as the API server takes it (`app=web,tier!=db,env in (a,b),!legacy`).
+/// Checked for shape only (the API server has the last word): no empty requirement, balanced
+/// parentheses, only the characters labels and operators use.
+fn check_labels(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    let bad = |why: &str| Err(format!("invalid label selector {s:?}: {why}"));
+    if t.is_empty() {
+        return bad("empty (leave it unset to serve every object)");
+    }
+    if let Some(c) = t
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-_./=!,() ".contains(*c)))
+    {
+        return bad(&format!("unexpected character {c:?}"));
+    }
+    let mut depth = 0i32;
+    let mut term = String::new();
+    let mut terms = Vec::new();
+    for c in t.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                terms.push(std::mem::take(&mut term));
+                continue;
+            }
+            _ => {}
+        }
+        if !(0..=1).contains(&depth) {
+            return bad("unbalanced parentheses");
+        }
+        term.push(c);
+    }
+    terms.push(term);
+    if depth != 0 {
+        return bad("unbalanced parentheses");
+    }
+    if terms.iter().any(|t| t.trim().is_empty()) {
+        return bad("empty requirement between commas");
+    }
+    Ok(t.to_string())
 }
 
 fn check_ttl(ttl: i64) -> Result<u32, String> {
@@ -944,6 +1197,16 @@ fn de_upstreams<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::E
     Ok(list)
 }
 
+fn de_namespaces<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    check_namespaces(Vec::<String>::deserialize(d)?).map_err(de::Error::custom)
+}
+
+fn de_labels<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    check_labels(&String::deserialize(d)?)
+        .map(Some)
+        .map_err(de::Error::custom)
+}
+
 fn de_http_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
     parse_http_listen(&String::deserialize(d)?).map_err(de::Error::custom)
 }
@@ -1044,6 +1307,10 @@ fn de_tcp_idle_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::E
 
 fn de_upstream_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     check_positive("upstream.timeout", de_duration(d)?).map_err(de::Error::custom)
+}
+
+fn de_snapshot_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    check_positive("kubernetes.snapshot_interval", de_duration(d)?).map_err(de::Error::custom)
 }
 
 fn de_upstream_deadline<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -1338,6 +1605,135 @@ deadline = "3s"
         }
     }
 
+    #[test]
+    fn kubernetes_table_parses_and_is_described() {
+        let c = parse(
+            "[kubernetes]\nenabled = true\nkubeconfig = \"kube/config\"\n\
+             namespaces = [\"default\", \"shop\"]\nlabels = \"app=web, tier notin (db,cache)\"\n",
+        )
+        .unwrap();
+        assert!(c.kubernetes.enabled);
+        assert_eq!(
+            c.kubernetes.kubeconfig,
+            Some(PathBuf::from("/etc/clusterdns/kube/config"))
+        );
+        assert_eq!(c.kubernetes.namespaces, ["default", "shop"]);
+        assert_eq!(
+            c.kubernetes.labels.as_deref(),
+            Some("app=web, tier notin (db,cache)")
+        );
+        let d = c.describe();
+        assert!(d.contains("kubernetes api:    on, kubeconfig /etc/clusterdns/kube/config; namespaces default, shop; labels app=web"), "{d}");
+        assert!(
+            d.contains("watched kinds:     Service, EndpointSlice, Namespace\n"),
+            "{d}"
+        );
+        let c = parse("pods = \"verified\"\n[kubernetes]\nenabled = true\n").unwrap();
+        let d = c.describe();
+        assert!(
+            d.contains("in-cluster service account; namespaces all; labels any"),
+            "{d}"
+        );
+        assert!(d.contains("Namespace, Pod"), "{d}");
+        assert!(
+            Config::default()
+                .describe()
+                .contains("kubernetes api:    off")
+        );
+        assert!(!Config::default().kubernetes.enabled);
+
+        let again = parse(&toml::to_string(&c).unwrap()).unwrap();
+        assert!(again.kubernetes.enabled);
+    }
+
+    #[test]
+    fn bad_kubernetes_settings_are_reported_with_their_line() {
+        assert_error_at(
+            "[kubernetes]\nenabled = true\nnamespaces = [\"Shop\"]\n",
+            3,
+            "invalid namespace \"Shop\"",
+        );
+        assert_error_at(
+            "[kubernetes]\nnamespaces = [\"a\", \"a\"]\n",
+            2,
+            "given twice",
+        );
+        assert_error_at("[kubernetes]\nlabels = \"\"\n", 2, "empty");
+        assert_error_at(
+            "[kubernetes]\nlabels = \"a=b,,c\"\n",
+            2,
+            "empty requirement",
+        );
+        assert_error_at("[kubernetes]\nlabels = \"a in (b\"\n", 2, "parentheses");
+        assert_error_at("[kubernetes]\nlabels = \"a=b;c\"\n", 2, "';'");
+        assert_error_at("[kubernetes]\nwatch = true\n", 2, "watch");
+        assert_error_at(
+            "manifests = \"m\"\n[kubernetes]\nenabled = true\n",
+            3,
+            "cannot be used together",
+        );
+    }
+
+    #[test]
+    fn snapshot_settings() {
+        let c = parse(
+            "[kubernetes]\nenabled = true\nsnapshot = \"state/snap\"\nsnapshot_interval = \"30s\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.kubernetes.snapshot,
+            Some(PathBuf::from("/etc/clusterdns/state/snap"))
+        );
+        assert_eq!(c.kubernetes.snapshot_interval, Duration::from_secs(30));
+        assert!(
+            c.describe().contains(
+                "snapshot:          /etc/clusterdns/state/snap, written at most every 30s"
+            ),
+            "{}",
+            c.describe()
+        );
+        assert_eq!(
+            Config::default().kubernetes.snapshot_interval,
+            Duration::from_secs(10)
+        );
+        assert_error_at(
+            "[kubernetes]\nsnapshot = \"s\"\n",
+            2,
+            "needs the Kubernetes source",
+        );
+        assert_error_at(
+            "[kubernetes]\nenabled = true\nsnapshot_interval = \"0s\"\n",
+            3,
+            "greater than zero",
+        );
+
+        let c = cli(&[
+            "--kubernetes",
+            "--snapshot",
+            "/s",
+            "--snapshot-interval",
+            "1s",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.kubernetes.snapshot, Some(PathBuf::from("/s")));
+        assert_eq!(c.kubernetes.snapshot_interval, Duration::from_secs(1));
+        for (args, flag) in [
+            (&["--snapshot", "/s"][..], "--snapshot"),
+            (
+                &["--kubernetes", "--snapshot-interval", "soon"][..],
+                "--snapshot-interval",
+            ),
+            (
+                &["--kubernetes", "--snapshot-interval", "0s"][..],
+                "--snapshot-interval",
+            ),
+        ] {
+            let err = cli(args).resolve().unwrap_err();
+            assert!(err.to_string().starts_with(&format!("{flag}: ")), "{err}");
+        }
+    }
+
     #[derive(clap::Parser)]
     struct Cli {
         #[command(flatten)]
@@ -1409,6 +1805,51 @@ deadline = "3s"
         // Untouched by flags: still the file's.
         assert_eq!(c.server.udp_workers, 4);
         assert_eq!(c.upstream.timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn kubernetes_flags() {
+        let c = cli(&[
+            "--kubeconfig",
+            "/k/config",
+            "--namespaces",
+            "a,b",
+            "--labels",
+            "x=y",
+        ])
+        .resolve()
+        .unwrap();
+        assert!(c.kubernetes.enabled, "--kubeconfig turns the source on");
+        assert_eq!(c.kubernetes.kubeconfig, Some(PathBuf::from("/k/config")));
+        assert_eq!(c.kubernetes.namespaces, ["a", "b"]);
+        assert_eq!(c.kubernetes.labels.as_deref(), Some("x=y"));
+        let c = cli(&["--kubernetes"]).resolve().unwrap();
+        assert!(c.kubernetes.enabled);
+        assert_eq!(c.kubernetes.kubeconfig, None);
+        assert!(!cli(&[]).resolve().unwrap().kubernetes.enabled);
+
+        for (args, flag) in [
+            (&["--namespaces", "a,B"][..], "--namespaces"),
+            (&["--labels", "a=(b"][..], "--labels"),
+            (&["--kubernetes", "--manifests", "m"][..], "--kubernetes"),
+        ] {
+            let err = cli(args).resolve().unwrap_err();
+            assert!(err.to_string().starts_with(&format!("{flag}: ")), "{err}");
+        }
+        // The file's manifests plus a kubeconfig flag: a conflict named after the flag.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "manifests = \"m\"\n").unwrap();
+        let err = cli(&["--config", path.to_str().unwrap(), "--kubeconfig", "k"])
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().starts_with("--kubernetes: "), "{err}");
+        // The file's kubernetes source plus a manifests flag.
+        std::fs::write(&path, "[kubernetes]\nenabled = true\n").unwrap();
+        let err = cli(&["--config", path.to_str().unwrap(), "--manifests", "m"])
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().starts_with("--manifests: "), "{err}");
     }
 
     #[test]

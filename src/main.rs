@@ -7,9 +7,10 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use clusterdns::config::{Config, LogFormat, ServeArgs};
+use clusterdns::config::{Config, LogFormat, PodMode, ServeArgs};
 use clusterdns::ops::{http, metrics::Metrics};
 use clusterdns::server::{self, handler::Handler};
+use clusterdns::source::kubernetes::{self, KubernetesOptions, KubernetesSource};
 use clusterdns::source::manifests::ManifestSource;
 use clusterdns::source::{EventSink, SourceEvent};
 use clusterdns::upstream::{Resolver, resolv_conf};
@@ -110,6 +111,9 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// How long the sources and HTTP listeners get to finish after SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Announces a bound listener on stdout: tests and scripts read the real port from here.
 fn announce(kind: &str, addr: SocketAddr) {
     let mut out = std::io::stdout().lock();
@@ -162,6 +166,25 @@ async fn serve(config: Config) -> Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     match &config.manifests {
+        None if config.kubernetes.enabled => {
+            let k = &config.kubernetes;
+            let client = kubernetes::client(k.kubeconfig.as_deref())
+                .await
+                .context("cannot start the Kubernetes API source")?;
+            let source = KubernetesSource::new(
+                client,
+                KubernetesOptions {
+                    namespaces: k.namespaces.clone(),
+                    labels: k.labels.clone(),
+                    pods: config.pods == PodMode::Verified,
+                    snapshot: k.snapshot.clone(),
+                    snapshot_interval: k.snapshot_interval,
+                },
+                metrics.clone(),
+            );
+            let sink: Arc<dyn EventSink> = zone.clone();
+            tasks.spawn(source.run(sink, cancel.clone()));
+        }
         Some(dir) => {
             let mut source = ManifestSource::new(dir.clone(), metrics.clone());
             let summary = source
@@ -184,7 +207,7 @@ async fn serve(config: Config) -> Result<()> {
         }
         None => {
             warn!(
-                "no source of cluster data configured (--manifests); serving an empty cluster zone"
+                "no source of cluster data configured (--kubernetes or --manifests); serving an empty cluster zone"
             );
             zone.apply(SourceEvent::InitialSyncDone);
         }
@@ -299,8 +322,17 @@ async fn serve(config: Config) -> Result<()> {
     while handler.in_flight() > 0 && tokio::time::Instant::now() < drain_until {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    // Sources and HTTP listeners stop on `cancel` (the Kubernetes source writes its last
+    // snapshot first); whatever is still running after a short grace is cut.
     cancel.cancel();
-    tasks.abort_all();
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!("some tasks did not stop in time; cutting them");
+        tasks.abort_all();
+    }
     info!("stopped");
     Ok(())
 }

@@ -4,7 +4,8 @@
 //! Owns the metric names; the code that counts only holds the handles.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// All metrics of one server. Cheap to clone handles out of; share it behind an `Arc`.
@@ -53,6 +54,22 @@ pub struct Metrics {
     pub zone_services: IntGauge,
     /// 1 once every source has delivered its initial state.
     pub synced: IntGauge,
+    /// Kubernetes API source, by kind: 1 while every watch of that kind has listed and had no
+    /// error since, else 0.
+    pub source_synced: IntGaugeVec,
+    /// Kubernetes API source, by kind: Unix time of the last moment every watch of that kind
+    /// was known to be in sync (0 before the first list). `time() - this` is the staleness.
+    pub source_last_sync: GaugeVec,
+    /// Kubernetes API source, by kind: watch or list failures (each retry counts).
+    pub source_errors: IntCounterVec,
+    /// 1 while the zone serves the last-good snapshot because the API was unreachable at
+    /// startup (until every watch has listed).
+    pub snapshot_in_use: IntGauge,
+    /// Objects served from the snapshot while it is in use (0 otherwise).
+    pub snapshot_objects: IntGauge,
+    /// Snapshot failures, by operation (`read`: a corrupt or unreadable file was ignored;
+    /// `write`).
+    pub snapshot_errors: IntCounterVec,
     /// Upstream answers served from the cache, by type (`success`, `denial`).
     pub cache_hits: IntCounterVec,
     /// Upstream questions not found in the cache.
@@ -215,6 +232,43 @@ impl Metrics {
             synced: gauge(
                 "clusterdns_synced",
                 "1 once every source has delivered its initial state.",
+            ),
+            source_synced: gauge_vec(
+                "clusterdns_source_synced",
+                "Kubernetes API watches of this kind all listed and healthy (1) or not (0).",
+                &["kind"],
+            ),
+            source_last_sync: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "clusterdns_source_last_sync_timestamp_seconds",
+                        "Unix time when the Kubernetes API data of this kind was last known in sync.",
+                    ),
+                    &["kind"],
+                )
+                .expect("static metric definition is valid");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("metric names are unique");
+                g
+            },
+            source_errors: counter_vec(
+                "clusterdns_source_errors_total",
+                "Kubernetes API list or watch failures, by kind (every retry counts).",
+                &["kind"],
+            ),
+            snapshot_in_use: gauge(
+                "clusterdns_snapshot_in_use",
+                "1 while the cluster zone is served from the last-good snapshot.",
+            ),
+            snapshot_objects: gauge(
+                "clusterdns_snapshot_objects",
+                "Objects served from the last-good snapshot while it is in use.",
+            ),
+            snapshot_errors: counter_vec(
+                "clusterdns_snapshot_errors_total",
+                "Snapshot files ignored (read) or not written (write).",
+                &["op"],
             ),
             cache_hits: counter_vec(
                 "coredns_cache_hits_total",

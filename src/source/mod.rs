@@ -5,7 +5,9 @@
 //! nothing of DNS: it must not build names or records. The zone consumes the events through
 //! [`EventSink`] and does not care which source sent them.
 
+pub mod kubernetes;
 pub mod manifests;
+pub mod snapshot;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;

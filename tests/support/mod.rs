@@ -6,6 +6,8 @@
 //! few seconds instead of hanging it.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod fakeapi;
+
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -62,6 +64,15 @@ impl Server {
         let upstream = upstream.unwrap_or_else(closed_port).to_string();
         let dir = dir.to_string_lossy().into_owned();
         let mut args = vec!["--manifests", &dir, "--upstream", &upstream];
+        args.extend_from_slice(extra);
+        Server::start(&args)
+    }
+
+    /// Serves the cluster of a fake API server through `--kubeconfig`, with extra arguments.
+    pub fn kubernetes(api: &fakeapi::FakeApi, extra: &[&str]) -> Server {
+        let upstream = closed_port().to_string();
+        let kubeconfig = api.kubeconfig().to_string_lossy().into_owned();
+        let mut args = vec!["--kubeconfig", &kubeconfig, "--upstream", &upstream];
         args.extend_from_slice(extra);
         Server::start(&args)
     }
@@ -138,6 +149,25 @@ impl Server {
             child,
             stderr,
         }
+    }
+
+    /// The server's resident memory from /proc (kB): (current VmRSS, peak VmHWM).
+    pub fn memory_kb(&self) -> Option<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        };
+        Some((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    /// Sends SIGTERM and waits (at most 10 s) for the process to exit; its exit status.
+    pub fn terminate_and_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.terminate();
+        self.wait_exit(Duration::from_secs(10))
     }
 
     /// Sends SIGTERM (what the kubelet sends to stop a pod).
