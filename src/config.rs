@@ -136,7 +136,7 @@ fn de_fraction<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 }
 
 /// The `[cache]` table: what is kept of upstream answers, and for how long.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// Positive answers kept at most (entries); 0 disables the cache.

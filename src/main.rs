@@ -8,8 +8,9 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use clusterdns::config::{Config, LogFormat, PodMode, ServeArgs};
+use clusterdns::ops::reload;
 use clusterdns::ops::{http, metrics::Metrics};
-use clusterdns::server::{self, handler::Handler};
+use clusterdns::server::{RunningListener, handler::Handler};
 use clusterdns::source::kubernetes::{self, KubernetesOptions, KubernetesSource};
 use clusterdns::source::manifests::ManifestSource;
 use clusterdns::source::{EventSink, SourceEvent};
@@ -21,6 +22,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -87,7 +89,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve(config)) {
+            match runtime.block_on(serve(&args, config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     error!("{error:#}");
@@ -147,7 +149,7 @@ fn upstreams(config: &Config) -> (Vec<SocketAddr>, clusterdns::config::UpstreamC
     }
 }
 
-async fn serve(config: Config) -> Result<()> {
+async fn serve(args: &ServeArgs, config: Config) -> Result<()> {
     for warning in clusterdns::ops::doctor::startup_warnings(&config) {
         warn!("{warning}");
     }
@@ -221,39 +223,27 @@ async fn serve(config: Config) -> Result<()> {
         &config.cache,
         metrics.clone(),
     );
-    {
-        let resolver = resolver.clone();
-        metrics.on_scrape(move || resolver.update_metrics());
-    }
-    let mut handler = Handler::new(
+    let handler = Arc::new(Handler::new(
         zone.clone(),
         resolver.clone(),
         metrics.clone(),
         config.server.max_udp_payload,
-    );
-    if config.log.queries {
-        handler = handler.with_query_log(config.log.query_sample);
+    ));
+    handler.set_query_log(config.log.queries.then_some(config.log.query_sample));
+    {
+        let handler = handler.clone();
+        metrics.on_scrape(move || handler.upstream().update_metrics());
     }
-    let handler = Arc::new(handler);
     let lifecycle = Arc::new(http::Lifecycle::default());
 
+    // DNS stops after lameduck; HTTP and the sources only after that.
     let mut listeners = Vec::new();
     for addr in &config.listen {
-        let listener = server::bind(*addr, &config.server)
-            .with_context(|| format!("cannot listen on {addr} (UDP and TCP)"))?;
+        let listener =
+            RunningListener::start(*addr, handler.clone(), metrics.clone(), &config.server)
+                .with_context(|| format!("cannot listen on {addr} (UDP and TCP)"))?;
         listeners.push(listener);
     }
-    let bound: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect();
-    // DNS stops after lameduck; HTTP and the sources only after that.
-    let dns_cancel = CancellationToken::new();
-    let mut dns_tasks = server::spawn(
-        listeners,
-        handler.clone(),
-        metrics.clone(),
-        &config.server,
-        dns_cancel.clone(),
-    )
-    .context("cannot start the DNS listeners")?;
 
     let endpoints = [
         (
@@ -270,9 +260,10 @@ async fn serve(config: Config) -> Result<()> {
             "ready",
             config.ready_listen,
             http::ready_router(zone.clone(), lifecycle.clone(), {
-                let resolver = resolver.clone();
+                let handler = handler.clone();
                 Arc::new(move || {
-                    resolver
+                    handler
+                        .upstream()
                         .looped_upstreams()
                         .iter()
                         .map(|addr| {
@@ -293,9 +284,13 @@ async fn serve(config: Config) -> Result<()> {
         tasks.spawn(http::serve(listener, router, cancel.clone()));
     }
 
-    for addr in bound {
-        info!(%addr, "serving DNS on UDP and TCP");
-        announce("dns", addr);
+    // Signals and the config file are watched before we say we are up: no SIGTERM, SIGHUP
+    // or edit after that is missed.
+    let shutdown = shutdown_signal();
+    let mut reloads = reload::triggers(args.config.clone());
+    for listener in &listeners {
+        info!(addr = %listener.bound, "serving DNS on UDP and TCP");
+        announce("dns", listener.bound);
     }
     for (kind, addr) in http_bound {
         announce(kind, addr);
@@ -307,18 +302,35 @@ async fn serve(config: Config) -> Result<()> {
         tasks.spawn(async move { resolver.check_loops().await });
     }
 
-    shutdown_signal().await;
+    let mut running = Running {
+        config,
+        listeners,
+        handler: handler.clone(),
+        metrics: metrics.clone(),
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(trigger) = reloads.recv() => running.reload(args, trigger, &mut tasks).await,
+        }
+    }
+    let Running {
+        config, listeners, ..
+    } = running;
+
     // Lameduck: say we are going while still answering, so kube-proxy takes this pod out of
     // the Service before its sockets close and no client sees a refused query.
     lifecycle.stop();
     info!(lameduck = ?config.lameduck, "SIGTERM: /health and /ready now 503; DNS keeps answering until lameduck ends");
     tokio::time::sleep(config.lameduck).await;
     info!("lameduck over: closing the DNS listeners and draining");
-    dns_cancel.cancel();
-    while dns_tasks.join_next().await.is_some() {}
+    for listener in listeners {
+        listener.stop().await;
+    }
     // Questions still waiting on an upstream get their answer (bounded by the upstream
     // deadline) before the process goes.
-    let drain_until = tokio::time::Instant::now() + upstream_config.deadline;
+    let drain_until = tokio::time::Instant::now() + config.upstream.deadline;
     while handler.in_flight() > 0 && tokio::time::Instant::now() < drain_until {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
@@ -337,24 +349,127 @@ async fn serve(config: Config) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+/// What a reload can change while serving.
+struct Running {
+    /// The config in force (settings that need a restart keep their running value).
+    config: Config,
+    listeners: Vec<RunningListener>,
+    handler: Arc<Handler>,
+    metrics: Arc<Metrics>,
+}
+
+impl Running {
+    /// Re-reads the config (file and flags, as at startup) and applies it: new listen
+    /// addresses are bound before removed ones stop, the upstream path is swapped (keeping
+    /// the cache when its settings did not change), the query log follows. A config that
+    /// does not validate, or a listen address that cannot be bound, changes nothing.
+    async fn reload(
+        &mut self,
+        args: &ServeArgs,
+        trigger: reload::Trigger,
+        tasks: &mut JoinSet<()>,
+    ) {
+        let mut new = match args.resolve() {
+            Ok(new) => new,
+            Err(error) => {
+                self.metrics.reload_failed.inc();
+                error!(
+                    ?trigger,
+                    "config reload rejected, the running config stays: {error}"
+                );
+                return;
+            }
+        };
+        let mut started = Vec::new();
+        for addr in &new.listen {
+            if self.listeners.iter().any(|l| l.configured == *addr) {
+                continue;
+            }
+            match RunningListener::start(
+                *addr,
+                self.handler.clone(),
+                self.metrics.clone(),
+                &self.config.server,
+            ) {
+                Ok(listener) => started.push(listener),
+                Err(error) => {
+                    self.metrics.reload_failed.inc();
+                    error!(%addr, %error, "config reload rejected, the running config stays: cannot listen on {addr}");
+                    for listener in started {
+                        listener.stop().await;
+                    }
+                    return;
                 }
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+        }
+        for listener in &started {
+            info!(addr = %listener.bound, "serving DNS on UDP and TCP");
+        }
+        let (keep, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.listeners)
+            .into_iter()
+            .partition(|l| new.listen.contains(&l.configured));
+        for listener in gone {
+            info!(addr = %listener.bound, "no longer serving DNS on this address");
+            listener.stop().await;
+        }
+        self.listeners = keep;
+        self.listeners.extend(started);
+
+        let old_upstream = self.handler.upstream();
+        let (upstream_addrs, upstream_config) = upstreams(&new);
+        let resolver = old_upstream.reconfigure(upstream_addrs, &upstream_config, &new.cache);
+        for addr in old_upstream.all_upstreams() {
+            if !resolver.all_upstreams().contains(&addr) {
+                let to = addr.to_string();
+                let _ = self.metrics.upstream_healthy.remove_label_values(&[&to]);
+                let _ = self.metrics.upstream_loop.remove_label_values(&[&to]);
             }
         }
+        self.handler.set_upstream(resolver.clone());
+        tasks.spawn(async move { resolver.check_loops().await });
+        self.handler
+            .set_query_log(new.log.queries.then_some(new.log.query_sample));
+
+        let restart = reload::needs_restart(&self.config, &new);
+        if !restart.is_empty() {
+            warn!(
+                settings = ?restart,
+                "config reloaded, but these settings only change on a restart: {}",
+                restart.join(", ")
+            );
+        }
+        // What runs now: the new reloadable settings, the old ones that need a restart.
+        new.zone = self.config.zone.clone();
+        new.ttl = self.config.ttl;
+        new.pods = self.config.pods;
+        new.manifests = self.config.manifests.clone();
+        new.kubernetes = self.config.kubernetes.clone();
+        new.metrics_listen = self.config.metrics_listen;
+        new.health_listen = self.config.health_listen;
+        new.ready_listen = self.config.ready_listen;
+        new.server = self.config.server.clone();
+        new.log.format = self.config.log.format;
+        self.config = new;
+        info!(?trigger, "config reloaded");
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when
+/// the future is first polled: a SIGTERM arriving right after startup must start lameduck,
+/// not kill the process with the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let ctrl_c = tokio::signal::ctrl_c();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = ctrl_c => {}
+            }
+            return;
+        }
+        let _ = ctrl_c.await;
     }
 }

@@ -10,4 +10,5 @@ pub mod http;
 pub mod import;
 pub mod metrics;
 pub mod query_metrics;
+pub mod reload;
 pub mod throttle;

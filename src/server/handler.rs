@@ -15,10 +15,12 @@ use crate::ops::metrics::Metrics;
 use crate::ops::query_metrics::{AnsweredBy, QueryMetrics};
 use crate::upstream::{ForwardError, Resolver, UpstreamAnswer};
 use crate::zone::{Lookup, Zone, ZoneAnswer};
+use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use tracing::debug;
 
@@ -125,10 +127,13 @@ impl Response {
 /// Answers queries. Shared by every UDP worker and TCP connection.
 pub struct Handler {
     zone: Arc<Zone>,
-    upstream: Arc<Resolver>,
+    /// Swapped whole on a config reload; queries in flight keep the one they started with.
+    upstream: ArcSwap<Resolver>,
     metrics: Arc<Metrics>,
     max_udp_payload: u16,
-    query_log: Option<QueryLog>,
+    /// The query log's sample fraction as f64 bits; `QUERY_LOG_OFF` when off. Changed by
+    /// reloads.
+    query_log: AtomicU64,
     /// Questions waiting on the upstream path right now (shutdown waits for them).
     in_flight: std::sync::atomic::AtomicUsize,
 }
@@ -148,6 +153,9 @@ impl Drop for InFlight<'_> {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// `Handler::query_log` when the query log is off (a NaN no config can produce).
+const QUERY_LOG_OFF: u64 = u64::MAX;
 
 /// The optional query log: one `clusterdns::query` event per answered query.
 struct QueryLog {
@@ -190,10 +198,10 @@ impl Handler {
     ) -> Handler {
         Handler {
             zone,
-            upstream,
+            upstream: ArcSwap::new(upstream),
             metrics,
             max_udp_payload: max_udp_payload.max(MIN_UDP_PAYLOAD),
-            query_log: None,
+            query_log: AtomicU64::new(QUERY_LOG_OFF),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
         }
     }
@@ -203,10 +211,30 @@ impl Handler {
         self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Logs one line per query (a `sample` fraction of them), like CoreDNS's `log` plugin.
-    pub fn with_query_log(mut self, sample: f64) -> Handler {
-        self.query_log = Some(QueryLog { sample });
-        self
+    /// Logs one line per query (a `sample` fraction of them), like CoreDNS's `log` plugin;
+    /// `None` turns the query log off.
+    pub fn set_query_log(&self, sample: Option<f64>) {
+        let bits = sample.map_or(QUERY_LOG_OFF, f64::to_bits);
+        self.query_log.store(bits, Ordering::Relaxed);
+    }
+
+    fn query_log(&self) -> Option<QueryLog> {
+        match self.query_log.load(Ordering::Relaxed) {
+            QUERY_LOG_OFF => None,
+            bits => Some(QueryLog {
+                sample: f64::from_bits(bits),
+            }),
+        }
+    }
+
+    /// The upstream path in use.
+    pub fn upstream(&self) -> Arc<Resolver> {
+        self.upstream.load_full()
+    }
+
+    /// Replaces the upstream path (config reload).
+    pub fn set_upstream(&self, upstream: Arc<Resolver>) {
+        self.upstream.store(upstream);
     }
 
     fn malformed(&self, reason: &str) {
@@ -361,7 +389,7 @@ impl Handler {
             chain,
         } = *pending;
         let response = match chain {
-            None => match self.upstream.resolve(&message).await {
+            None => match self.upstream.load_full().resolve(&message).await {
                 Ok(upstream) => Response::from_upstream(upstream),
                 Err(error) => {
                     debug!(%error, "upstream path failed");
@@ -395,7 +423,7 @@ impl Handler {
         query.add_query(Query::query(target, qtype));
         query.edns = original.edns.clone();
         let mut response = Response::from_zone(zone_part);
-        match self.upstream.resolve(&query).await {
+        match self.upstream.load_full().resolve(&query).await {
             Ok(upstream) => {
                 response.source = upstream.served.label();
                 let upstream = upstream.answer;
@@ -438,7 +466,7 @@ impl Handler {
             bytes.len(),
             request.started,
         );
-        if let Some(log) = &self.query_log
+        if let Some(log) = self.query_log()
             && log.sampled()
         {
             log.write(request, rcode, source, bytes.len());

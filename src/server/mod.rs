@@ -116,3 +116,41 @@ pub fn spawn(
     }
     Ok(tasks)
 }
+
+/// One listen address being served: its UDP workers and TCP acceptor, stoppable on its own
+/// (a config reload removes a listen address without touching the others).
+pub struct RunningListener {
+    /// The address as configured (port 0 stays 0 here).
+    pub configured: SocketAddr,
+    /// The address actually bound.
+    pub bound: SocketAddr,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl RunningListener {
+    /// Binds `addr` (UDP and TCP) and starts serving it. Must run inside a tokio runtime.
+    pub fn start(
+        addr: SocketAddr,
+        handler: Arc<Handler>,
+        metrics: Arc<Metrics>,
+        config: &ServerConfig,
+    ) -> io::Result<RunningListener> {
+        let listener = bind(addr, config)?;
+        let bound = listener.local_addr();
+        let cancel = CancellationToken::new();
+        let tasks = spawn(vec![listener], handler, metrics, config, cancel.clone())?;
+        Ok(RunningListener {
+            configured: addr,
+            bound,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// Stops reading new queries; answers already being written finish.
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}

@@ -183,6 +183,11 @@ impl Cache {
         }
     }
 
+    /// The settings it was made with.
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
     /// False when the cache is configured off.
     pub fn enabled(&self) -> bool {
         self.config.capacity > 0

@@ -107,7 +107,7 @@ pub struct Resolver {
     all_upstreams: Vec<Arc<UpstreamState>>,
     loop_check: loop_check::LoopCheck,
     probe_timeout: Duration,
-    cache: Cache,
+    cache: Arc<Cache>,
     in_flight: DashMap<CacheKey, watch::Receiver<Shared>>,
     slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
@@ -120,6 +120,32 @@ impl Resolver {
         upstreams: Vec<SocketAddr>,
         upstream: &UpstreamConfig,
         cache: &CacheConfig,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Resolver> {
+        let cache = Arc::new(Cache::new(cache, metrics.clone()));
+        Resolver::with_cache(upstreams, upstream, cache, metrics)
+    }
+
+    /// The upstream path for a reloaded config: the same cache when its settings did not
+    /// change (a reload must not make every client wait on the upstreams again).
+    pub fn reconfigure(
+        &self,
+        upstreams: Vec<SocketAddr>,
+        upstream: &UpstreamConfig,
+        cache: &CacheConfig,
+    ) -> Arc<Resolver> {
+        let cache = if self.cache.config() == cache {
+            self.cache.clone()
+        } else {
+            Arc::new(Cache::new(cache, self.metrics.clone()))
+        };
+        Resolver::with_cache(upstreams, upstream, cache, self.metrics.clone())
+    }
+
+    fn with_cache(
+        upstreams: Vec<SocketAddr>,
+        upstream: &UpstreamConfig,
+        cache: Arc<Cache>,
         metrics: Arc<Metrics>,
     ) -> Arc<Resolver> {
         let mut stubs: Vec<(hickory_proto::rr::Name, Forwarder)> = upstream
@@ -145,7 +171,7 @@ impl Resolver {
             all_upstreams,
             loop_check: loop_check::LoopCheck::new(),
             probe_timeout: upstream.timeout,
-            cache: Cache::new(cache, metrics.clone()),
+            cache,
             in_flight: DashMap::new(),
             slots: Arc::new(Semaphore::new(upstream.max_concurrent)),
             metrics,
@@ -215,6 +241,11 @@ impl Resolver {
             .upstream_healthy
             .with_label_values(&[&to])
             .set(0);
+    }
+
+    /// Every upstream address (default list and stub domains).
+    pub fn all_upstreams(&self) -> Vec<SocketAddr> {
+        self.all_upstreams.iter().map(|u| u.addr).collect()
     }
 
     /// Upstreams taken out of use because they loop back to us.

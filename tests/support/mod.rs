@@ -79,6 +79,17 @@ impl Server {
 
     /// `clusterdns serve <args>` with every listener on 127.0.0.1:0 unless `args` sets it.
     pub fn start(args: &[&str]) -> Server {
+        Server::start_with_defaults(args, true)
+    }
+
+    /// As [`Server::start`], but the DNS listen addresses come from the config file given in
+    /// `args` (a `--listen` flag would replace the file's list, and a reload could not change
+    /// it). The HTTP listeners still default to port 0.
+    pub fn start_listen_from_config(args: &[&str]) -> Server {
+        Server::start_with_defaults(args, false)
+    }
+
+    fn start_with_defaults(args: &[&str], default_listen: bool) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_clusterdns"));
         command.arg("serve");
         for (flag, default) in [
@@ -87,6 +98,9 @@ impl Server {
             ("--health-listen", "127.0.0.1:0"),
             ("--ready-listen", "127.0.0.1:0"),
         ] {
+            if flag == "--listen" && !default_listen {
+                continue;
+            }
             if !args.contains(&flag) {
                 command.args([flag, default]);
             }
@@ -168,6 +182,15 @@ impl Server {
     pub fn terminate_and_wait(&mut self) -> Option<std::process::ExitStatus> {
         self.terminate();
         self.wait_exit(Duration::from_secs(10))
+    }
+
+    /// Sends SIGHUP (reload the config).
+    pub fn hangup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP failed");
     }
 
     /// Sends SIGTERM (what the kubelet sends to stop a pod).
