@@ -82,12 +82,48 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The `[log]` table: log format and the query log.
     pub log: LogConfig,
+    /// The `[acl]` table: who may ask, and who may have names forwarded.
+    pub acl: AclConfig,
     /// On SIGTERM, how long DNS keeps answering while /health and /ready say 503, so
     /// kube-proxy takes the pod out of the Service before it stops (CoreDNS `lameduck`).
     #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub lameduck: Duration,
     /// The `[kubernetes]` table: the Kubernetes API source.
     pub kubernetes: KubernetesConfig,
+}
+
+/// The `[acl]` table: like CoreDNS's `acl` plugin, so a server exposed by mistake (a
+/// LoadBalancer Service) is not an open resolver.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AclConfig {
+    /// Clients that get answers at all; everyone else gets REFUSED. Default: everyone.
+    pub allow: Vec<ipnet::IpNet>,
+    /// Clients whose questions for names outside the cluster zone are forwarded; everyone
+    /// else gets REFUSED for them (cluster answers still come). Default: the networks pods
+    /// use: loopback, RFC 1918, RFC 6598 (carrier-grade NAT), link-local, and the IPv6
+    /// loopback, unique-local and link-local ranges.
+    pub recursion: Vec<ipnet::IpNet>,
+}
+
+impl Default for AclConfig {
+    fn default() -> AclConfig {
+        let nets = |list: &[&str]| list.iter().filter_map(|n| n.parse().ok()).collect();
+        AclConfig {
+            allow: nets(&["0.0.0.0/0", "::/0"]),
+            recursion: nets(&[
+                "127.0.0.0/8",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "100.64.0.0/10",
+                "169.254.0.0/16",
+                "::1/128",
+                "fc00::/7",
+                "fe80::/10",
+            ]),
+        }
+    }
 }
 
 /// The `[log]` table.
@@ -333,6 +369,7 @@ impl Default for Config {
             kubernetes: KubernetesConfig::default(),
             cache: CacheConfig::default(),
             log: LogConfig::default(),
+            acl: AclConfig::default(),
             lameduck: Duration::from_secs(5),
         }
     }
@@ -686,6 +723,14 @@ impl Config {
             }
         );
         let _ = writeln!(out, "lameduck:          {}", format_duration(self.lameduck));
+        let nets = |list: &[ipnet::IpNet]| {
+            list.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(out, "clients allowed:   {}", nets(&self.acl.allow));
+        let _ = writeln!(out, "forwarding for:    {}", nets(&self.acl.recursion));
         let _ = writeln!(out, "metrics listen:    {}", http(self.metrics_listen));
         let _ = writeln!(out, "health listen:     {}", http(self.health_listen));
         let _ = writeln!(out, "ready listen:      {}", http(self.ready_listen));

@@ -230,6 +230,7 @@ async fn serve(args: &ServeArgs, config: Config) -> Result<()> {
         config.server.max_udp_payload,
     ));
     handler.set_query_log(config.log.queries.then_some(config.log.query_sample));
+    handler.set_acl(&config.acl);
     {
         let handler = handler.clone();
         metrics.on_scrape(move || handler.upstream().update_metrics());
@@ -429,6 +430,7 @@ impl Running {
         tasks.spawn(async move { resolver.check_loops().await });
         self.handler
             .set_query_log(new.log.queries.then_some(new.log.query_sample));
+        self.handler.set_acl(&new.acl);
 
         let restart = reload::needs_restart(&self.config, &new);
         if !restart.is_empty() {

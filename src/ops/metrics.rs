@@ -23,6 +23,9 @@ pub struct Metrics {
     pub response_size: HistogramVec,
     /// Requests with the DNSSEC OK bit, by `server,view,zone`.
     pub do_requests: IntCounterVec,
+    /// Questions refused by the `[acl]` lists, by reason (`not_allowed`: the client may not
+    /// ask at all; `no_recursion`: it may not have names outside the zone forwarded).
+    pub acl_refused: IntCounterVec,
     /// Panics caught on the query path (the packet was dropped, the worker went on).
     pub panics: IntCounter,
     /// Config reloads that failed (the old config kept running).
@@ -177,6 +180,11 @@ impl Metrics {
                 "coredns_dns_do_requests_total",
                 "Counter of DNS requests with DO bit set per zone.",
                 &["server", "view", "zone"],
+            ),
+            acl_refused: counter_vec(
+                "clusterdns_acl_refused_total",
+                "Questions refused by the access lists, by reason.",
+                &["reason"],
             ),
             panics: counter(
                 "coredns_panics_total",

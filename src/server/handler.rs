@@ -11,6 +11,7 @@
 //! socket's task, and only a question that needs the upstream becomes a [`Pending`] that the
 //! server runs as a task. The handler owns no socket.
 
+use crate::config::AclConfig;
 use crate::ops::metrics::Metrics;
 use crate::ops::query_metrics::{AnsweredBy, QueryMetrics};
 use crate::upstream::{ForwardError, Resolver, UpstreamAnswer};
@@ -134,6 +135,8 @@ pub struct Handler {
     /// The query log's sample fraction as f64 bits; `QUERY_LOG_OFF` when off. Changed by
     /// reloads.
     query_log: AtomicU64,
+    /// Who may ask, and who may have names forwarded; swapped on reload.
+    acl: ArcSwap<Acl>,
     /// Questions waiting on the upstream path right now (shutdown waits for them).
     in_flight: std::sync::atomic::AtomicUsize,
 }
@@ -151,6 +154,30 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The `[acl]` lists, ready for per-query checks.
+struct Acl {
+    allow: Vec<ipnet::IpNet>,
+    recursion: Vec<ipnet::IpNet>,
+}
+
+impl From<&AclConfig> for Acl {
+    fn from(config: &AclConfig) -> Acl {
+        Acl {
+            allow: config.allow.clone(),
+            recursion: config.recursion.clone(),
+        }
+    }
+}
+
+impl Acl {
+    fn allows(&self, ip: std::net::IpAddr) -> bool {
+        self.allow.iter().any(|net| net.contains(&ip))
+    }
+    fn may_forward(&self, ip: std::net::IpAddr) -> bool {
+        self.recursion.iter().any(|net| net.contains(&ip))
     }
 }
 
@@ -202,7 +229,58 @@ impl Handler {
             metrics,
             max_udp_payload: max_udp_payload.max(MIN_UDP_PAYLOAD),
             query_log: AtomicU64::new(QUERY_LOG_OFF),
+            acl: ArcSwap::new(Arc::new(Acl::from(&AclConfig::default()))),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Replaces the access lists (config reload).
+    pub fn set_acl(&self, acl: &AclConfig) {
+        self.acl.store(Arc::new(Acl::from(acl)));
+    }
+
+    fn refused_by_acl(&self, reason: &str) {
+        self.metrics.acl_refused.with_label_values(&[reason]).inc();
+    }
+
+    /// RFC 8482: an ANY question gets one synthesized HINFO record, not every record of the
+    /// name: ANY answers are the classic amplification vector. A cluster name that does not
+    /// exist is still NXDOMAIN; a name outside the zone is answered here, not forwarded.
+    fn minimal_any(&self, query: &Query, may_forward: bool) -> Response {
+        let ours = match self.zone.lookup(query.name(), RecordType::A) {
+            Lookup::Answer(answer) if answer.rcode == ResponseCode::NXDomain => {
+                return Response::from_zone(answer);
+            }
+            Lookup::Answer(_) => true,
+            Lookup::NotSynced => return Response::error(ResponseCode::ServFail),
+            Lookup::Refused => return Response::error(ResponseCode::Refused),
+            Lookup::NotOurs if !may_forward => {
+                self.refused_by_acl("no_recursion");
+                return Response::error(ResponseCode::Refused);
+            }
+            Lookup::NotOurs => false,
+        };
+        let hinfo = Record::from_rdata(
+            query.name().clone(),
+            self.zone.ttl(),
+            hickory_proto::rr::RData::HINFO(hickory_proto::rr::rdata::HINFO::new(
+                "RFC8482".to_string(),
+                String::new(),
+            )),
+        );
+        Response {
+            rcode: ResponseCode::NoError,
+            authoritative: ours,
+            recursion_available: true,
+            answers: vec![hinfo],
+            authorities: Vec::new(),
+            additionals: Vec::new(),
+            origin: if ours {
+                AnsweredBy::Zone
+            } else {
+                AnsweredBy::Server
+            },
+            source: if ours { "zone" } else { "server" },
         }
     }
 
@@ -323,6 +401,7 @@ impl Handler {
             ));
         }
         let query = message.queries[0].clone();
+        super::injected_panic(query.name());
         request.query = Some(query.clone());
         if message.edns.as_ref().is_some_and(|e| e.version() > 0) {
             return Outcome::Reply(self.respond(
@@ -338,7 +417,35 @@ impl Handler {
                 Response::error(ResponseCode::Refused),
             ));
         }
+        let acl = self.acl.load();
+        if !acl.allows(peer.ip()) {
+            self.refused_by_acl("not_allowed");
+            return Outcome::Reply(self.respond(
+                listener,
+                &request,
+                Response::error(ResponseCode::Refused),
+            ));
+        }
+        let may_forward = acl.may_forward(peer.ip());
+        if query.query_type() == RecordType::ANY {
+            let response = self.minimal_any(&query, may_forward);
+            return Outcome::Reply(self.respond(listener, &request, response));
+        }
         match self.zone.lookup(query.name(), query.query_type()) {
+            Lookup::Answer(answer) if answer.external_target.is_some() && !may_forward => {
+                // The CNAME is the zone's; following it out of the zone is forwarding.
+                let mut answer = answer;
+                answer.external_target = None;
+                Outcome::Reply(self.respond(listener, &request, Response::from_zone(answer)))
+            }
+            Lookup::NotOurs if !may_forward => {
+                self.refused_by_acl("no_recursion");
+                Outcome::Reply(self.respond(
+                    listener,
+                    &request,
+                    Response::error(ResponseCode::Refused),
+                ))
+            }
             Lookup::Answer(answer) => match answer.external_target.clone() {
                 Some(target) => Outcome::Upstream(Box::new(Pending {
                     listener: listener.clone(),

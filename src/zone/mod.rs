@@ -221,6 +221,11 @@ impl Zone {
         &self.config.origin
     }
 
+    /// The TTL of the zone's records.
+    pub fn ttl(&self) -> u32 {
+        self.config.ttl
+    }
+
     /// True once every source delivered its initial state.
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
