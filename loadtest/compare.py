@@ -531,6 +531,7 @@ def main():
     ap.add_argument("--workloads", default="auth,cache,tcp,scale")
     ap.add_argument("--data", default="/tmp/clusterdns-loadtest", help="generated clusters (kept between runs)")
     ap.add_argument("--binary", default=os.path.join(REPO, "target/release/clusterdns"))
+    ap.add_argument("--also", action="append", default=[], metavar="NAME=PATH", help="another clusterdns binary in the auth and cache workloads (e.g. a patched build)")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()
     check_tools()
@@ -539,6 +540,7 @@ def main():
     if os.environ.get("PATH", "").find("/usr/sbin") < 0:
         os.environ["PATH"] += ":/usr/sbin:/sbin"
     workloads = args.workloads.split(",")
+    also = [a.split("=", 1) for a in args.also]
     work = tempfile.mkdtemp(prefix="clusterdns-compare-")
     log(f"work dir {work}; uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     data = os.path.join(args.data, str(args.services))
@@ -553,17 +555,18 @@ def main():
         upstream = keep(start_knot({"example.org": os.path.join(data, "upstream.zone")}, work, "upstream-knot"))
         if "auth" in workloads or "tcp" in workloads:
             cdns = keep(start_clusterdns(args.binary, os.path.join(data, "manifests"), upstream.port, work))
+            others = [keep(start_clusterdns(p, os.path.join(data, "manifests"), upstream.port, work, n)) for n, p in also]
             knot = keep(start_knot({"cluster.local": os.path.join(data, "cluster.local.zone")}, work))
             nsd = keep(start_nsd(os.path.join(data, "cluster.local.zone"), work))
             q = os.path.join(data, "queries-zone.txt")
-            extra["verify_mismatches"] = verify([cdns, knot, nsd], q)
+            extra["verify_mismatches"] = verify([cdns, *others, knot, nsd], q)
             if "auth" in workloads:
                 log("workload: authoritative cluster zone, UDP")
-                res = rounds([cdns, knot, nsd], q, args, workload="auth")
+                res = rounds([cdns, *others, knot, nsd], q, args, workload="auth")
                 knot_qps = statistics.median(r["qps"] for r in res["knot"])
                 rate = int(knot_qps / 2)
                 lat = {}
-                for s in (cdns, knot, nsd):
+                for s in (cdns, *others, knot, nsd):
                     lat[s.name] = measure_latency(s, q, min(args.seconds, 5), rate)
                     log(f"  latency at {rate} qps {s.name}: p50 {lat[s.name]['p50_ms']:.3f} ms p99 {lat[s.name]['p99_ms']:.3f} ms")
                 extra["latency_rate_qps"] = rate
@@ -572,21 +575,22 @@ def main():
                 log("workload: authoritative cluster zone, TCP, 100 connections")
                 res = rounds([cdns, knot], q, args, mode="tcp", clients=100, workload="tcp")
                 rows += summarize("zone TCP (100 conns)", res)
-            for s in (cdns, knot, nsd):
+            for s in (cdns, *others, knot, nsd):
                 s.stop()
                 started.remove(s)
         if "cache" in workloads:
             log("workload: cache hits (upstream: Knot DNS serving example.org)")
             cdns = keep(start_clusterdns(args.binary, os.path.join(data, "manifests"), upstream.port, work, "clusterdns"))
+            others = [keep(start_clusterdns(p, os.path.join(data, "manifests"), upstream.port, work, n)) for n, p in also]
             dm = keep(start_dnsmasq(upstream.port, work))
             ub = keep(start_unbound(upstream.port, work))
             q = os.path.join(data, "queries-cache.txt")
-            for s in (cdns, dm, ub):
+            for s in (cdns, *others, dm, ub):
                 # Warm: every name once (1000 names), so the measured runs are cache hits.
                 dnsperf(s.port, q, 3, clients=4, outstanding=50)
-            res = rounds([cdns, dm, ub], q, args, workload="cache")
+            res = rounds([cdns, *others, dm, ub], q, args, workload="cache")
             rows += summarize("cache hits UDP", res)
-            for s in (cdns, dm, ub):
+            for s in (cdns, *others, dm, ub):
                 s.stop()
                 started.remove(s)
         if "scale" in workloads:
