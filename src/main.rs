@@ -166,6 +166,9 @@ async fn serve(args: &ServeArgs, config: Config) -> Result<()> {
     ));
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
+    // Endpoints that left their EndpointSlices linger for a short grace (a move between two
+    // slices must not make a name vanish); this task ends the graces.
+    tasks.spawn(zone.clone().run_endpoint_expiry(cancel.clone()));
 
     match &config.manifests {
         None if config.kubernetes.enabled => {

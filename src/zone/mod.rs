@@ -14,6 +14,16 @@
 //! duration of one name lookup and never wait on the writer's own lock.
 //!
 //! The zone does no I/O and knows nothing of sockets, upstreams or where objects come from.
+//!
+//! Endpoints moving between EndpointSlices: the EndpointSlice controller may move an endpoint
+//! from slice A to slice B of the same Service (rebalancing, a slice replaced by another), and
+//! the watch can deliver A's update (endpoint gone) before B's (endpoint added). Applied as they
+//! come, the Service's name would lose that address, or vanish (NXDOMAIN) if it was the only
+//! one, for the moment between the two. So endpoints that leave a Service's slices *linger*:
+//! they stay published for [`ENDPOINT_GRACE`] unless a slice of the same Service has their
+//! address again by then (then that slice's version counts and the lingering copy is dropped at
+//! once). When the grace ends they go. [`Zone::expire_endpoints`] ends the graces that are due;
+//! [`Zone::run_endpoint_expiry`] drives it from a timer task (main.rs starts it).
 
 pub mod name;
 pub mod records;
@@ -25,13 +35,14 @@ use dashmap::DashMap;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{NS, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use records::{PodInfo, RecordsByName, Rejection, ServiceInfo, SliceInfo};
+use records::{EndpointInfo, PodInfo, RecordsByName, Rejection, ServiceInfo, SliceInfo};
 use std::cell::Cell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 /// The version of the Kubernetes DNS schema this zone implements (specification 2.1).
@@ -42,6 +53,14 @@ const DNS_VERSION_TTL: u32 = 28800;
 const MAX_SOA_TTL: u32 = 300;
 /// How many CNAMEs inside the zone are followed before giving up.
 const MAX_CNAME_CHAIN: usize = 8;
+/// How long an endpoint that left its Service's EndpointSlices stays published (see the
+/// module documentation). The two writes of a move are consecutive API calls of one
+/// EndpointSlice controller sync, a few milliseconds apart, and one watch delivers them in
+/// order; 2 s covers that with a wide margin (a slow watch, a retried write) while a genuinely
+/// removed endpoint stays at most 2 s longer. That costs little: an endpoint that is being shut
+/// down turns not-ready (and leaves the answers at once) long before it leaves its slice, and
+/// clients cache answers for the zone TTL anyway.
+pub const ENDPOINT_GRACE: Duration = Duration::from_secs(2);
 
 /// How the zone is shaped.
 #[derive(Clone, Debug)]
@@ -113,6 +132,21 @@ struct ServiceEntry {
     info: Option<ServiceInfo>,
     slices: BTreeSet<String>,
     published: RecordsByName,
+    /// Endpoints that left this Service's slices and are still published until their grace
+    /// ends (each with the ports of the slice they left).
+    lingering: Vec<(Instant, SliceInfo)>,
+}
+
+impl ServiceEntry {
+    fn new(owner: OwnerId) -> ServiceEntry {
+        ServiceEntry {
+            owner,
+            info: None,
+            slices: BTreeSet::new(),
+            published: RecordsByName::new(),
+            lingering: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -138,6 +172,9 @@ struct WriterState {
     slices: HashMap<(String, String), SliceInfo>,
     namespaces: HashMap<String, NamespaceEntry>,
     pods: HashMap<(String, String), PodInfo>,
+    /// When lingering endpoints of which Service end their grace, oldest first. The grace is a
+    /// constant, so appending keeps the queue in order and expiry only looks at its front.
+    expiries: VecDeque<(Instant, (String, String))>,
 }
 
 impl WriterState {
@@ -156,6 +193,8 @@ pub struct Zone {
     serial: AtomicU32,
     synced: AtomicBool,
     writer: Mutex<WriterState>,
+    /// Woken when the expiry queue gets its first entry (see [`Zone::run_endpoint_expiry`]).
+    expiry_added: tokio::sync::Notify,
     metrics: Arc<Metrics>,
     soa_mname: Name,
     soa_rname: Name,
@@ -187,6 +226,7 @@ impl Zone {
             serial: AtomicU32::new(now_serial()),
             synced: AtomicBool::new(false),
             writer: Mutex::new(WriterState::default()),
+            expiry_added: tokio::sync::Notify::new(),
             metrics,
             soa_mname: soa_mname.clone(),
             soa_rname,
@@ -648,14 +688,9 @@ impl Zone {
         let entry = state
             .services
             .entry(id.clone())
-            .or_insert_with(|| ServiceEntry {
-                owner,
-                info: None,
-                slices: BTreeSet::new(),
-                published: RecordsByName::new(),
-            });
+            .or_insert_with(|| ServiceEntry::new(owner));
         entry.info = info;
-        self.republish(state, &id);
+        self.republish(state, &id, Instant::now());
         if was_present != is_present {
             let delta: isize = if is_present { 1 } else { -1 };
             self.metrics.zone_services.add(delta as i64);
@@ -666,62 +701,180 @@ impl Zone {
     }
 
     fn set_slice(&self, state: &mut WriterState, key: &ObjectKey, info: Option<SliceInfo>) {
+        let now = Instant::now();
         let slice_id = (key.namespace.clone(), key.name.clone());
-        let old_service = state.slices.get(&slice_id).map(|s| s.service.clone());
         let new_service = info.as_ref().map(|s| s.service.clone());
-        match info {
-            Some(info) => {
-                state.slices.insert(slice_id.clone(), info);
-            }
-            None => {
-                state.slices.remove(&slice_id);
+        let old = match info {
+            Some(info) => state.slices.insert(slice_id.clone(), info),
+            None => state.slices.remove(&slice_id),
+        };
+        // Endpoints this change takes away from the slice's (old) Service linger for a grace
+        // (module documentation): those of a deleted or relabelled slice, and those whose
+        // addresses the new version of the slice no longer has.
+        if let Some(old) = &old {
+            let kept: HashSet<IpAddr> = match state.slices.get(&slice_id) {
+                Some(new) if new.service == old.service => new
+                    .endpoints
+                    .iter()
+                    .flat_map(|e| e.addresses.iter().copied())
+                    .collect(),
+                _ => HashSet::new(),
+            };
+            let gone: Vec<EndpointInfo> = old
+                .endpoints
+                .iter()
+                .filter(|e| !e.addresses.iter().any(|ip| kept.contains(ip)))
+                .cloned()
+                .collect();
+            let service_id = (key.namespace.clone(), old.service.clone());
+            // Only a headless Service publishes its endpoints; a ClusterIP Service's answers
+            // do not depend on them, so endpoint churn there queues nothing.
+            if !gone.is_empty()
+                && let Some(entry) = state.services.get_mut(&service_id)
+                && entry
+                    .info
+                    .as_ref()
+                    .is_some_and(|i| i.shape == records::ServiceShape::Headless)
+            {
+                let until = now + ENDPOINT_GRACE;
+                entry.lingering.push((
+                    until,
+                    SliceInfo {
+                        service: old.service.clone(),
+                        endpoints: gone,
+                        ports: old.ports.clone(),
+                    },
+                ));
+                if state.expiries.is_empty() {
+                    self.expiry_added.notify_one();
+                }
+                state.expiries.push_back((until, service_id));
             }
         }
         // A slice that moved to another service leaves the old one first.
-        if let Some(old) = old_service.filter(|old| Some(old) != new_service.as_ref()) {
+        if let Some(old) = old
+            .map(|s| s.service)
+            .filter(|old| Some(old) != new_service.as_ref())
+        {
             let service_id = (key.namespace.clone(), old);
             if let Some(entry) = state.services.get_mut(&service_id) {
                 entry.slices.remove(&key.name);
             }
-            self.republish(state, &service_id);
+            self.republish(state, &service_id, now);
         }
         if let Some(new) = new_service {
             let service_id = (key.namespace.clone(), new);
             if !state.services.contains_key(&service_id) {
                 let owner = state.new_owner();
-                state.services.insert(
-                    service_id.clone(),
-                    ServiceEntry {
-                        owner,
-                        info: None,
-                        slices: BTreeSet::new(),
-                        published: RecordsByName::new(),
-                    },
-                );
+                state
+                    .services
+                    .insert(service_id.clone(), ServiceEntry::new(owner));
             }
             if let Some(entry) = state.services.get_mut(&service_id) {
                 entry.slices.insert(key.name.clone());
             }
-            self.republish(state, &service_id);
+            self.republish(state, &service_id, now);
+        }
+    }
+
+    /// Ends the grace of lingering endpoints that is over at `now` (their Services are
+    /// published again without them); returns when the next grace ends. Costs in proportion to
+    /// the Services whose grace ends, never to the size of the zone.
+    pub fn expire_endpoints(&self, now: Instant) -> Option<Instant> {
+        let mut state = self.lock();
+        let mut changed = false;
+        while let Some((until, _)) = state.expiries.front()
+            && *until <= now
+        {
+            let Some((_, service_id)) = state.expiries.pop_front() else {
+                break;
+            };
+            let due = state
+                .services
+                .get(&service_id)
+                .is_some_and(|e| e.lingering.iter().any(|(until, _)| *until <= now));
+            if due {
+                self.republish(&mut state, &service_id, now);
+                changed = true;
+            }
+        }
+        if changed {
+            self.bump_serial();
+        }
+        state.expiries.front().map(|(until, _)| *until)
+    }
+
+    /// Runs [`Zone::expire_endpoints`] whenever a grace ends, until `cancel`.
+    pub async fn run_endpoint_expiry(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            let next = self.expire_endpoints(Instant::now());
+            let wait = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = wait => {}
+                _ = self.expiry_added.notified() => {}
+            }
         }
     }
 
     /// Recomputes one Service's records and changes only the names whose records differ.
-    fn republish(&self, state: &mut WriterState, service_id: &(String, String)) {
+    /// Lingering endpoints whose grace is over at `now`, or whose address a slice of the
+    /// Service has again, are dropped first.
+    fn republish(&self, state: &mut WriterState, service_id: &(String, String), now: Instant) {
         let Some(entry) = state.services.get(service_id) else {
             return;
+        };
+        let live = || {
+            entry
+                .slices
+                .iter()
+                .filter_map(|s| state.slices.get(&(service_id.0.clone(), s.clone())))
+        };
+        let lingering: Vec<(Instant, SliceInfo)> = if entry.lingering.is_empty() {
+            Vec::new()
+        } else {
+            let addresses: HashSet<IpAddr> = live()
+                .flat_map(|s| s.endpoints.iter())
+                .flat_map(|e| e.addresses.iter().copied())
+                .collect();
+            entry
+                .lingering
+                .iter()
+                .filter(|(until, _)| *until > now)
+                .filter_map(|(until, slice)| {
+                    let endpoints: Vec<EndpointInfo> = slice
+                        .endpoints
+                        .iter()
+                        .filter(|e| !e.addresses.iter().any(|ip| addresses.contains(ip)))
+                        .cloned()
+                        .collect();
+                    (!endpoints.is_empty()).then(|| {
+                        (
+                            *until,
+                            SliceInfo {
+                                endpoints,
+                                ..slice.clone()
+                            },
+                        )
+                    })
+                })
+                .collect()
         };
         let fresh = match (
             &entry.info,
             records::service_name(&service_id.1, &service_id.0, &self.config.origin),
         ) {
-            (Some(info), Some(name)) => {
-                let slices = entry
-                    .slices
-                    .iter()
-                    .filter_map(|s| state.slices.get(&(service_id.0.clone(), s.clone())));
-                records::service_records(info, slices, &name, self.config.ttl)
-            }
+            (Some(info), Some(name)) => records::service_records(
+                info,
+                live().chain(lingering.iter().map(|(_, s)| s)),
+                &name,
+                self.config.ttl,
+            ),
             _ => RecordsByName::new(),
         };
         let owner = entry.owner;
@@ -737,12 +890,13 @@ impl Zone {
                 self.put(name, owner, records.clone().into());
             }
         }
-        debug!(service = %format!("{}/{}", service_id.0, service_id.1), names = fresh.len(), "service records published");
+        debug!(service = %format!("{}/{}", service_id.0, service_id.1), names = fresh.len(), lingering = lingering.len(), "service records published");
         let remove_entry = entry.info.is_none() && entry.slices.is_empty();
         if remove_entry {
             state.services.remove(service_id);
         } else if let Some(entry) = state.services.get_mut(service_id) {
             entry.published = fresh;
+            entry.lingering = lingering;
         }
     }
 

@@ -524,12 +524,256 @@ fn a_slice_relabelled_to_another_service_moves_its_records() {
         json!({"endpoints": [{"addresses": ["192.0.2.40"]}]}),
     ));
     assert_eq!(
+        ask(&zone, "b.default.svc.cluster.local.", RecordType::A).1,
+        vec!["192.0.2.40"]
+    );
+    // The endpoints that left `a` linger for the grace, then go.
+    assert_eq!(
+        ask(&zone, "a.default.svc.cluster.local.", RecordType::A).1,
+        vec!["192.0.2.40"]
+    );
+    zone.expire_endpoints(Instant::now() + ENDPOINT_GRACE);
+    assert_eq!(
         ask(&zone, "a.default.svc.cluster.local.", RecordType::A).0,
         NXDOMAIN
     );
+}
+
+/// A headless Service `db` with hostnamed endpoints, for the slice-move tests.
+fn endpoints(ips: &[(&str, &str)]) -> serde_json::Value {
+    let endpoints: Vec<serde_json::Value> = ips
+        .iter()
+        .map(|(ip, host)| json!({"addresses": [ip], "hostname": host}))
+        .collect();
+    json!({
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    })
+}
+
+fn a_records(zone: &Zone, name: &str) -> (ResponseCode, Vec<String>) {
+    let (rcode, data, _) = ask(zone, name, RecordType::A);
+    (rcode, data)
+}
+
+fn ok(ips: &[&str]) -> (ResponseCode, Vec<String>) {
+    (NOERROR, ips.iter().map(|s| s.to_string()).collect())
+}
+
+#[test]
+fn an_endpoint_moving_between_slices_never_vanishes_whatever_the_order() {
+    let zone = zone(PodMode::Disabled);
+    zone.apply(service("default", "db", json!({"clusterIP": "None"})));
+    zone.apply(slice(
+        "default",
+        "db-a",
+        "db",
+        endpoints(&[("192.0.2.1", "db-0"), ("192.0.2.2", "db-1")]),
+    ));
+    zone.apply(slice("default", "db-b", "db", endpoints(&[])));
+    let svc = "db.default.svc.cluster.local.";
+    assert_eq!(a_records(&zone, svc), ok(&["192.0.2.1", "192.0.2.2"]));
+
+    // A's update first: db-1 left A and is not in B yet. Nothing vanishes meanwhile.
+    zone.apply(slice(
+        "default",
+        "db-a",
+        "db",
+        endpoints(&[("192.0.2.1", "db-0")]),
+    ));
+    assert_eq!(a_records(&zone, svc), ok(&["192.0.2.1", "192.0.2.2"]));
     assert_eq!(
-        ask(&zone, "b.default.svc.cluster.local.", RecordType::A).1,
-        vec!["192.0.2.40"]
+        a_records(&zone, "db-1.db.default.svc.cluster.local."),
+        ok(&["192.0.2.2"])
+    );
+    assert_eq!(
+        ask(&zone, "2.2.0.192.in-addr.arpa.", RecordType::PTR).1,
+        vec!["db-1.db.default.svc.cluster.local."]
+    );
+    let srv = ask(
+        &zone,
+        "_http._tcp.db.default.svc.cluster.local.",
+        RecordType::SRV,
+    )
+    .1;
+    assert_eq!(srv.len(), 2, "{srv:?}");
+    // Then B's: db-1 is B's now (its version counts: a new hostname shows at once).
+    zone.apply(slice(
+        "default",
+        "db-b",
+        "db",
+        endpoints(&[("192.0.2.2", "db-1b")]),
+    ));
+    assert_eq!(a_records(&zone, svc), ok(&["192.0.2.1", "192.0.2.2"]));
+    assert_eq!(
+        a_records(&zone, "db-1b.db.default.svc.cluster.local."),
+        ok(&["192.0.2.2"])
+    );
+    assert_eq!(
+        a_records(&zone, "db-1.db.default.svc.cluster.local.").0,
+        NXDOMAIN,
+        "the lingering copy is dropped as soon as a slice has the address again"
+    );
+    // The grace ending changes nothing: the endpoint is B's.
+    assert_eq!(zone.expire_endpoints(Instant::now() + ENDPOINT_GRACE), None);
+    assert_eq!(a_records(&zone, svc), ok(&["192.0.2.1", "192.0.2.2"]));
+
+    // The other order (B gains db-0, then A loses it): never more than one record per address.
+    zone.apply(slice(
+        "default",
+        "db-b",
+        "db",
+        endpoints(&[("192.0.2.2", "db-1b"), ("192.0.2.1", "db-0")]),
+    ));
+    assert_eq!(a_records(&zone, svc), ok(&["192.0.2.1", "192.0.2.2"]));
+    zone.apply(slice("default", "db-a", "db", endpoints(&[])));
+    assert_eq!(a_records(&zone, svc), ok(&["192.0.2.1", "192.0.2.2"]));
+
+    // A whole slice deleted before its replacement is created: the same.
+    zone.apply(SourceEvent::Delete(key(
+        ObjectKind::EndpointSlice,
+        "default",
+        "db-b",
+    )));
+    assert_eq!(a_records(&zone, svc), ok(&["192.0.2.1", "192.0.2.2"]));
+    zone.apply(slice(
+        "default",
+        "db-c",
+        "db",
+        endpoints(&[("192.0.2.1", "db-0"), ("192.0.2.2", "db-1b")]),
+    ));
+    assert_eq!(zone.expire_endpoints(Instant::now() + ENDPOINT_GRACE), None);
+    assert_eq!(a_records(&zone, svc), ok(&["192.0.2.1", "192.0.2.2"]));
+}
+
+#[test]
+fn a_removed_endpoint_lingers_for_the_grace_only() {
+    let zone = zone(PodMode::Disabled);
+    zone.apply(service("default", "db", json!({"clusterIP": "None"})));
+    zone.apply(slice(
+        "default",
+        "db-a",
+        "db",
+        endpoints(&[("192.0.2.1", "db-0"), ("192.0.2.2", "db-1")]),
+    ));
+    let svc = "db.default.svc.cluster.local.";
+    let serial = zone.soa().data.to_string();
+    let removed_at = Instant::now();
+    zone.apply(slice(
+        "default",
+        "db-a",
+        "db",
+        endpoints(&[("192.0.2.1", "db-0")]),
+    ));
+    let due = zone
+        .expire_endpoints(removed_at)
+        .expect("a grace is pending");
+    assert!(due >= removed_at + ENDPOINT_GRACE, "{due:?}");
+    assert!(due <= Instant::now() + ENDPOINT_GRACE);
+    // Half-way: still there.
+    zone.expire_endpoints(removed_at + ENDPOINT_GRACE / 2);
+    assert_eq!(a_records(&zone, svc), ok(&["192.0.2.1", "192.0.2.2"]));
+    // An unrelated change meanwhile does not end it early.
+    zone.apply(service(
+        "default",
+        "other",
+        json!({"clusterIP": "192.0.2.99"}),
+    ));
+    assert_eq!(a_records(&zone, svc), ok(&["192.0.2.1", "192.0.2.2"]));
+    // Over: gone, everywhere, and the serial moved.
+    assert_eq!(zone.expire_endpoints(due), None);
+    assert_eq!(a_records(&zone, svc), ok(&["192.0.2.1"]));
+    assert_eq!(
+        a_records(&zone, "db-1.db.default.svc.cluster.local.").0,
+        NXDOMAIN
+    );
+    assert!(matches!(
+        zone.lookup(&n("2.2.0.192.in-addr.arpa."), RecordType::PTR),
+        Lookup::NotOurs
+    ));
+    assert_ne!(zone.soa().data.to_string(), serial);
+
+    // The last endpoint removed: the name lingers, then is NXDOMAIN.
+    zone.apply(SourceEvent::Delete(key(
+        ObjectKind::EndpointSlice,
+        "default",
+        "db-a",
+    )));
+    assert_eq!(a_records(&zone, svc), ok(&["192.0.2.1"]));
+    zone.expire_endpoints(Instant::now() + ENDPOINT_GRACE);
+    assert_eq!(a_records(&zone, svc).0, NXDOMAIN);
+    assert_eq!(
+        a_records(&zone, "db-0.db.default.svc.cluster.local.").0,
+        NXDOMAIN
+    );
+
+    // A Service deleted takes its lingering endpoints with it at once.
+    zone.apply(slice(
+        "default",
+        "db-a",
+        "db",
+        endpoints(&[("192.0.2.1", "db-0")]),
+    ));
+    zone.apply(slice("default", "db-a", "db", endpoints(&[])));
+    assert_eq!(a_records(&zone, svc), ok(&["192.0.2.1"]));
+    zone.apply(SourceEvent::Delete(key(
+        ObjectKind::Service,
+        "default",
+        "db",
+    )));
+    assert_eq!(a_records(&zone, svc).0, NXDOMAIN);
+}
+
+#[test]
+fn lingering_endpoints_are_kept_per_service_and_queued_once_per_removal() {
+    let zone = zone(PodMode::Disabled);
+    // A large zone, none of it lingering.
+    for i in 0..2000 {
+        let name = format!("s{i}");
+        zone.apply(service("big", &name, json!({"clusterIP": "None"})));
+        zone.apply(slice(
+            "big",
+            &format!("{name}-a"),
+            &name,
+            endpoints(&[(&format!("10.1.{}.{}", i / 250, i % 250 + 1), "h")]),
+        ));
+    }
+    zone.apply(service("default", "db", json!({"clusterIP": "None"})));
+    zone.apply(slice(
+        "default",
+        "db-a",
+        "db",
+        endpoints(&[("192.0.2.1", "db-0"), ("192.0.2.2", "db-1")]),
+    ));
+    zone.apply(slice(
+        "default",
+        "db-a",
+        "db",
+        endpoints(&[("192.0.2.1", "db-0")]),
+    ));
+    // A ClusterIP Service's endpoints are not in its answers: their churn queues nothing.
+    zone.apply(service(
+        "default",
+        "web",
+        json!({"clusterIP": "192.0.2.80"}),
+    ));
+    zone.apply(slice(
+        "default",
+        "web-a",
+        "web",
+        endpoints(&[("192.0.2.81", "w-0")]),
+    ));
+    zone.apply(slice("default", "web-a", "web", endpoints(&[])));
+    let state = zone.lock();
+    // Only the one headless Service carries lingering endpoints; one expiry is queued for it.
+    assert_eq!(state.expiries.len(), 1);
+    assert_eq!(
+        state
+            .services
+            .values()
+            .filter(|e| !e.lingering.is_empty())
+            .count(),
+        1
     );
 }
 

@@ -13,6 +13,13 @@
 //! The test steers it: add/modify/delete objects, cut every watch stream, compact the history,
 //! answer every request with an error status, stop it entirely and start it again on the same
 //! port. Objects are kept as serialized JSON so that large generated clusters list quickly.
+//!
+//! [`FakeApi::start_tls`] serves HTTPS instead, as a real API server does: a CA and a server
+//! certificate (for 127.0.0.1 and localhost) generated with rcgen, a kubeconfig carrying the
+//! CA as `certificate-authority-data` and a bearer token file (`tokenFile`), and requests
+//! without an accepted token answered 401. The test can rotate the server certificate (a new
+//! one from the same CA; open connections are cut, as an API server restarting with it does),
+//! change the accepted tokens and rewrite the token file.
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
@@ -122,6 +129,10 @@ struct State {
     watches_held: Option<tokio::sync::watch::Sender<bool>>,
     /// Lists are held too (an API server that accepts connections and never answers).
     lists_held: bool,
+    /// Bearer tokens accepted (None: no authentication, as the plain HTTP fake).
+    tokens: Option<Vec<String>>,
+    /// Requests per bearer token presented ("" for none).
+    token_requests: HashMap<String, usize>,
 }
 
 /// A requirement of a label selector.
@@ -167,6 +178,8 @@ pub struct FakeApi {
     pub addr: SocketAddr,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     dir: tempfile::TempDir,
+    /// HTTPS material, for [`FakeApi::start_tls`].
+    tls: Option<Arc<tls::Tls>>,
 }
 
 impl FakeApi {
@@ -175,7 +188,7 @@ impl FakeApi {
         let state = Arc::new(Mutex::new(State::default()));
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake API");
         let addr = std_listener.local_addr().expect("fake API address");
-        let runtime = serve(state.clone(), std_listener);
+        let runtime = serve(state.clone(), std_listener, None);
         let dir = tempfile::tempdir().expect("tempdir");
         let kubeconfig = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
@@ -188,7 +201,89 @@ impl FakeApi {
             addr,
             runtime: Mutex::new(Some(runtime)),
             dir,
+            tls: None,
         }
+    }
+
+    /// Starts an empty fake API server serving HTTPS on 127.0.0.1:0 with a certificate from a
+    /// CA of its own, accepting the bearer token `token-1`; its kubeconfig trusts that CA
+    /// (`certificate-authority-data`) and reads the token from [`FakeApi::token_file`]
+    /// (`tokenFile`).
+    pub fn start_tls() -> FakeApi {
+        let state = Arc::new(Mutex::new(State {
+            tokens: Some(vec!["token-1".to_string()]),
+            ..State::default()
+        }));
+        let tls = Arc::new(tls::Tls::new());
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake API");
+        let addr = std_listener.local_addr().expect("fake API address");
+        let runtime = serve(state.clone(), std_listener, Some(tls.clone()));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "token-1").expect("write token");
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: https://{addr}\n\
+             \x20   certificate-authority-data: {}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
+             current-context: fake\nusers:\n- name: fake\n  user:\n    tokenFile: {}\n",
+            tls::base64(tls.ca_pem().as_bytes()),
+            token_file.display()
+        );
+        std::fs::write(dir.path().join("kubeconfig"), kubeconfig).expect("write kubeconfig");
+        FakeApi {
+            state,
+            addr,
+            runtime: Mutex::new(Some(runtime)),
+            dir,
+            tls: Some(tls),
+        }
+    }
+
+    /// The bearer token file the HTTPS kubeconfig names.
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.path().join("token")
+    }
+
+    /// Replaces the token file's content atomically (write + rename, as the kubelet does).
+    pub fn write_token_file(&self, token: &str) {
+        let tmp = self.dir.path().join("token.tmp");
+        std::fs::write(&tmp, token).expect("write token");
+        std::fs::rename(&tmp, self.token_file()).expect("rename token");
+    }
+
+    /// From now on accept only these bearer tokens.
+    pub fn accept_tokens(&self, tokens: &[&str]) {
+        self.lock().tokens = Some(tokens.iter().map(|t| t.to_string()).collect());
+    }
+
+    /// Requests that presented `token` so far.
+    pub fn token_requests(&self, token: &str) -> usize {
+        self.lock().token_requests.get(token).copied().unwrap_or(0)
+    }
+
+    /// Serves a new certificate from the same CA (generation + 1) and cuts every open
+    /// connection, so that clients reconnect and get it.
+    pub fn rotate_certificate(&self) {
+        let tls = self.tls.as_ref().expect("an HTTPS fake API");
+        tls.rotate();
+        self.cut_connections();
+    }
+
+    /// Drops every open HTTPS connection (watch streams and idle keep-alive ones).
+    pub fn cut_connections(&self) {
+        let tls = self.tls.as_ref().expect("an HTTPS fake API");
+        tls.cut();
+        self.lock().watchers.clear();
+    }
+
+    /// The generation of the certificate served now (1 at the start).
+    pub fn certificate_generation(&self) -> u32 {
+        self.tls.as_ref().map_or(0, |t| t.generation())
+    }
+
+    /// TLS handshakes that got the certificate of `generation`.
+    pub fn handshakes(&self, generation: u32) -> usize {
+        self.tls.as_ref().map_or(0, |t| t.handshakes(generation))
     }
 
     /// A kubeconfig pointing at this server (plain HTTP, no credentials).
@@ -317,7 +412,7 @@ impl FakeApi {
                 Err(e) => panic!("cannot listen again on {}: {e}", self.addr),
             }
         };
-        *slot = Some(serve(self.state.clone(), listener));
+        *slot = Some(serve(self.state.clone(), listener, self.tls.clone()));
     }
 
     /// List (`"list"`) or watch (`"watch"`) requests served for `kind` so far.
@@ -438,8 +533,12 @@ fn record_change(
 }
 
 /// Runs the HTTP server for `state` on `listener` in a runtime of its own, so that stopping it
-/// drops every connection at once.
-fn serve(state: Arc<Mutex<State>>, listener: std::net::TcpListener) -> tokio::runtime::Runtime {
+/// drops every connection at once; HTTPS when `tls` is given.
+fn serve(
+    state: Arc<Mutex<State>>,
+    listener: std::net::TcpListener,
+    tls: Option<Arc<tls::Tls>>,
+) -> tokio::runtime::Runtime {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -468,7 +567,14 @@ fn serve(state: Arc<Mutex<State>>, listener: std::net::TcpListener) -> tokio::ru
                 handle(&state, request)
             }
         });
-        let _ = axum::serve(listener, router).await;
+        match tls {
+            Some(tls) => {
+                let _ = axum::serve(tls::Listener::new(listener, tls), router).await;
+            }
+            None => {
+                let _ = axum::serve(listener, router).await;
+            }
+        }
     });
     runtime.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -590,6 +696,19 @@ fn handle(state: &Arc<Mutex<State>>, request: Request) -> Response {
     let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(code) = guard.fail_with {
         return error_response(code, "InternalError", "fake API server told to fail");
+    }
+    if guard.tokens.is_some() {
+        let token = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("")
+            .to_string();
+        *guard.token_requests.entry(token.clone()).or_default() += 1;
+        if !guard.tokens.as_ref().is_some_and(|t| t.contains(&token)) {
+            return error_response(401, "Unauthorized", "Unauthorized");
+        }
     }
     let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
     *guard
@@ -824,4 +943,260 @@ pub fn pod(ns: &str, name: &str, ip: &str) -> Value {
         "spec": {"containers": [{"name": "c", "image": "example.org/c"}]},
         "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
     })
+}
+
+/// HTTPS for the fake API: a CA, rotating server certificates, and a listener whose
+/// connections can all be cut at once.
+mod tls {
+    use rustls::crypto::CryptoProvider;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use rustls::server::{ClientHello, ResolvesServerCert};
+    use rustls::sign::CertifiedKey;
+    use std::collections::HashMap;
+    use std::future::Future;
+    use std::io;
+    use std::net::SocketAddr;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio::sync::mpsc;
+    use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The CA, the certificate served now, and the connections to cut on rotation.
+    pub struct Tls {
+        ca_pem: String,
+        ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+        resolver: Arc<Resolver>,
+        config: Arc<rustls::ServerConfig>,
+        cut: Mutex<CancellationToken>,
+    }
+
+    /// Hands every handshake the current certificate and counts handshakes per generation.
+    #[derive(Debug)]
+    struct Resolver {
+        current: Mutex<(u32, Arc<CertifiedKey>)>,
+        handshakes: Mutex<HashMap<u32, usize>>,
+    }
+
+    impl ResolvesServerCert for Resolver {
+        fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+            let (generation, key) = lock(&self.current).clone();
+            *lock(&self.handshakes).entry(generation).or_default() += 1;
+            Some(key)
+        }
+    }
+
+    fn provider() -> Arc<CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// A server certificate for 127.0.0.1 and localhost, signed by `ca`.
+    fn server_key(ca: &rcgen::Issuer<'static, rcgen::KeyPair>, serial: u64) -> Arc<CertifiedKey> {
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .expect("server params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "fake-kube-apiserver");
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, ca).expect("sign server certificate");
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Arc::new(
+            CertifiedKey::from_der(vec![cert.der().clone()], der, &provider())
+                .expect("certified key"),
+        )
+    }
+
+    impl Tls {
+        pub fn new() -> Tls {
+            let ca_key = rcgen::KeyPair::generate().expect("CA key");
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "fake cluster CA");
+            params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::CrlSign,
+                rcgen::KeyUsagePurpose::DigitalSignature,
+            ];
+            let ca_cert = params.self_signed(&ca_key).expect("self-sign CA");
+            let ca = rcgen::Issuer::new(params, ca_key);
+            let resolver = Arc::new(Resolver {
+                current: Mutex::new((1, server_key(&ca, 1))),
+                handshakes: Mutex::new(HashMap::new()),
+            });
+            let mut config = rustls::ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .expect("TLS versions")
+                .with_no_client_auth()
+                .with_cert_resolver(resolver.clone());
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Tls {
+                ca_pem: ca_cert.pem(),
+                ca,
+                resolver,
+                config: Arc::new(config),
+                cut: Mutex::new(CancellationToken::new()),
+            }
+        }
+
+        pub fn ca_pem(&self) -> &str {
+            &self.ca_pem
+        }
+
+        pub fn rotate(&self) {
+            let mut current = lock(&self.resolver.current);
+            let generation = current.0 + 1;
+            *current = (generation, server_key(&self.ca, u64::from(generation)));
+        }
+
+        pub fn cut(&self) {
+            let old = std::mem::replace(&mut *lock(&self.cut), CancellationToken::new());
+            old.cancel();
+        }
+
+        pub fn generation(&self) -> u32 {
+            lock(&self.resolver.current).0
+        }
+
+        pub fn handshakes(&self, generation: u32) -> usize {
+            lock(&self.resolver.handshakes)
+                .get(&generation)
+                .copied()
+                .unwrap_or(0)
+        }
+    }
+
+    /// Accepts TCP connections and does the TLS handshakes in tasks of their own (a client
+    /// that stalls in its handshake does not hold up the others).
+    pub struct Listener {
+        rx: mpsc::Receiver<(Cut, SocketAddr)>,
+        addr: SocketAddr,
+    }
+
+    impl Listener {
+        pub fn new(listener: tokio::net::TcpListener, tls: Arc<Tls>) -> Listener {
+            let addr = listener.local_addr().expect("listener address");
+            let (tx, rx) = mpsc::channel(64);
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((tcp, peer)) = listener.accept().await else {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    let cut = lock(&tls.cut).clone();
+                    let acceptor = acceptor.clone();
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        if let Ok(stream) = acceptor.accept(tcp).await {
+                            let cut = Cut {
+                                inner: stream,
+                                cancelled: Box::pin(cut.cancelled_owned()),
+                            };
+                            let _ = tx.send((cut, peer)).await;
+                        }
+                    });
+                }
+            });
+            Listener { rx, addr }
+        }
+    }
+
+    impl axum::serve::Listener for Listener {
+        type Io = Cut;
+        type Addr = SocketAddr;
+
+        async fn accept(&mut self) -> (Cut, SocketAddr) {
+            match self.rx.recv().await {
+                Some(conn) => conn,
+                // The accept task is gone (the runtime is shutting down).
+                None => std::future::pending().await,
+            }
+        }
+
+        fn local_addr(&self) -> io::Result<SocketAddr> {
+            Ok(self.addr)
+        }
+    }
+
+    /// A TLS connection that fails every read and write once its token is cancelled.
+    pub struct Cut {
+        inner: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    }
+
+    impl Cut {
+        fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+            match self.cancelled.as_mut().poll(cx) {
+                Poll::Ready(()) => Err(io::ErrorKind::ConnectionReset.into()),
+                Poll::Pending => Ok(()),
+            }
+        }
+    }
+
+    impl AsyncRead for Cut {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            this.check(cx)?;
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Cut {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.check(cx)?;
+            Pin::new(&mut this.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            this.check(cx)?;
+            Pin::new(&mut this.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        }
+    }
+
+    /// Standard base64 with padding (for `certificate-authority-data`).
+    pub fn base64(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
 }
