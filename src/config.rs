@@ -296,6 +296,9 @@ pub struct UpstreamConfig {
     pub max_concurrent: usize,
     /// In which order the upstreams are tried (CoreDNS `policy`).
     pub policy: Policy,
+    /// Ask upstreams over TCP only (CoreDNS `force_tcp`): for upstreams behind conntrack or
+    /// NAT that loses UDP, and for node-local caches talking to the central servers.
+    pub force_tcp: bool,
     /// Consecutive failures after which an upstream is marked down and probed in the
     /// background until it answers again; 0 disables health checking.
     pub max_fails: u32,
@@ -412,6 +415,7 @@ impl Default for UpstreamConfig {
             timeout_explicit: false,
             max_concurrent: 1000,
             policy: Policy::Random,
+            force_tcp: false,
             max_fails: 2,
             health_check: Duration::from_millis(500),
             stub_domains: std::collections::BTreeMap::new(),
@@ -682,8 +686,9 @@ impl Config {
         let u = &self.upstream;
         let _ = writeln!(
             out,
-            "upstream policy:   {:?}, down after {} failures (probe every {}), at most {} queries in flight",
+            "upstream policy:   {:?}{}, down after {} failures (probe every {}), at most {} queries in flight",
             u.policy,
+            if u.force_tcp { ", TCP only" } else { "" },
             u.max_fails,
             format_duration(u.health_check),
             u.max_concurrent

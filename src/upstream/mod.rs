@@ -209,11 +209,11 @@ impl Resolver {
                 self.loop_check.probe_name(index),
                 hickory_proto::rr::RecordType::HINFO,
             ));
-            let addr = upstream.addr;
+            let upstream = upstream.clone();
             let metrics = self.metrics.clone();
             let deadline = Instant::now() + self.probe_timeout;
             probes.spawn(async move {
-                let _ = try_upstream(addr, &probe, deadline, &metrics).await;
+                let _ = try_upstream(&upstream, &probe, deadline, &metrics).await;
             });
         }
         while probes.join_next().await.is_some() {}
@@ -399,6 +399,37 @@ struct UpstreamState {
     looped: AtomicBool,
     /// Failed tries, reported at most every 10 s.
     failures: Throttle,
+    /// Open TCP connections to reuse (RFC 7766 6.2.1: connection setup is most of a TCP
+    /// query's cost), with when each was last used.
+    tcp_idle: std::sync::Mutex<Vec<(TcpStream, std::time::Instant)>>,
+    /// Ask over TCP only (`upstream.force_tcp`).
+    force_tcp: bool,
+}
+
+/// Idle TCP connections kept per upstream.
+const MAX_IDLE_TCP: usize = 8;
+/// An idle TCP connection older than this is not reused: upstreams close idle connections
+/// after a few seconds (RFC 7766 suggests ~10 s), and a write into a closed one wastes a try.
+const TCP_IDLE_REUSE: Duration = Duration::from_secs(5);
+
+impl UpstreamState {
+    fn take_idle_tcp(&self) -> Option<TcpStream> {
+        let mut idle = self.tcp_idle.lock().ok()?;
+        while let Some((stream, last_used)) = idle.pop() {
+            if last_used.elapsed() < TCP_IDLE_REUSE {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    fn keep_idle_tcp(&self, stream: TcpStream) {
+        if let Ok(mut idle) = self.tcp_idle.lock()
+            && idle.len() < MAX_IDLE_TCP
+        {
+            idle.push((stream, std::time::Instant::now()));
+        }
+    }
 }
 
 /// Forwards questions to one list of upstream resolvers (the default list, or the resolvers
@@ -434,6 +465,8 @@ impl Forwarder {
                         down: AtomicBool::new(false),
                         looped: AtomicBool::new(false),
                         failures: Throttle::new(Duration::from_secs(10)),
+                        tcp_idle: std::sync::Mutex::new(Vec::new()),
+                        force_tcp: config.force_tcp,
                     })
                 })
                 .collect(),
@@ -502,7 +535,7 @@ impl Forwarder {
                 }
                 let try_deadline = deadline.min(now + self.try_timeout);
                 let addr = upstream.addr;
-                match try_upstream(addr, query, try_deadline, &self.metrics).await {
+                match try_upstream(upstream, query, try_deadline, &self.metrics).await {
                     Ok(answer) => {
                         count(&self.metrics, "ok");
                         self.succeeded(upstream);
@@ -574,7 +607,7 @@ impl Forwarder {
                 tokio::time::sleep(interval).await;
                 let deadline = Instant::now() + timeout;
                 // Any well-formed answer, whatever its rcode, shows the upstream is there.
-                if try_upstream(upstream.addr, &probe, deadline, &metrics)
+                if try_upstream(&upstream, &probe, deadline, &metrics)
                     .await
                     .is_ok()
                 {
@@ -615,9 +648,10 @@ fn count(metrics: &Metrics, outcome: &str) {
     metrics.upstream_queries.with_label_values(&[outcome]).inc();
 }
 
-/// One try against one upstream: UDP, then TCP when the UDP answer is truncated.
+/// One try against one upstream: UDP, then TCP when the UDP answer is truncated (TCP only
+/// with `force_tcp`).
 async fn try_upstream(
-    upstream: SocketAddr,
+    upstream: &UpstreamState,
     query: &Message,
     deadline: Instant,
     metrics: &Metrics,
@@ -627,10 +661,14 @@ async fn try_upstream(
     let wire = outgoing
         .to_vec()
         .map_err(|e| TryError::Failed(format!("cannot encode query: {e}")))?;
+    let addr = upstream.addr;
     let attempt = async {
-        let answer = exchange_udp(upstream, &outgoing, &wire, metrics).await?;
+        if upstream.force_tcp {
+            return exchange_tcp(upstream, &outgoing, &wire).await;
+        }
+        let answer = exchange_udp(addr, &outgoing, &wire, metrics).await?;
         if answer.metadata.truncation {
-            debug!(%upstream, "upstream answer truncated; retrying over TCP");
+            debug!(upstream = %addr, "upstream answer truncated; retrying over TCP");
             return exchange_tcp(upstream, &outgoing, &wire).await;
         }
         Ok(answer)
@@ -672,32 +710,51 @@ async fn exchange_udp(
     }
 }
 
-/// The answer over TCP (RFC 7766: two-byte length prefix).
+/// The answer over TCP (RFC 7766: two-byte length prefix), on a kept connection when there
+/// is one (a fresh one if the kept one turns out closed), kept afterwards for the next query.
 async fn exchange_tcp(
-    upstream: SocketAddr,
+    upstream: &UpstreamState,
     outgoing: &Message,
     wire: &[u8],
 ) -> Result<Message, TryError> {
     let length = u16::try_from(wire.len())
         .map_err(|_| TryError::Failed("query longer than 65535 bytes".into()))?;
-    let mut stream = TcpStream::connect(upstream).await.map_err(io_failure)?;
-    let _ = stream.set_nodelay(true);
     let mut framed = Vec::with_capacity(wire.len() + 2);
     framed.extend_from_slice(&length.to_be_bytes());
     framed.extend_from_slice(wire);
-    stream.write_all(&framed).await.map_err(io_failure)?;
+    if let Some(stream) = upstream.take_idle_tcp()
+        && let Ok((answer, stream)) = tcp_round_trip(stream, outgoing, &framed).await
+    {
+        upstream.keep_idle_tcp(stream);
+        return Ok(answer);
+    }
+    let stream = TcpStream::connect(upstream.addr)
+        .await
+        .map_err(io_failure)?;
+    let _ = stream.set_nodelay(true);
+    let (answer, stream) = tcp_round_trip(stream, outgoing, &framed).await?;
+    upstream.keep_idle_tcp(stream);
+    Ok(answer)
+}
+
+async fn tcp_round_trip(
+    mut stream: TcpStream,
+    outgoing: &Message,
+    framed: &[u8],
+) -> Result<(Message, TcpStream), TryError> {
+    stream.write_all(framed).await.map_err(io_failure)?;
     loop {
         let length = stream.read_u16().await.map_err(io_failure)?;
         let mut buf = vec![0u8; usize::from(length)];
         stream.read_exact(&mut buf).await.map_err(io_failure)?;
         if let Some(answer) = matching_answer(outgoing, &buf) {
-            return Ok(answer);
+            return Ok((answer, stream));
         }
     }
 }
 
 /// `bytes` parsed, if it is a response to `outgoing` (same id, same question).
-fn matching_answer(outgoing: &Message, bytes: &[u8]) -> Option<Message> {
+pub(crate) fn matching_answer(outgoing: &Message, bytes: &[u8]) -> Option<Message> {
     let answer = Message::from_vec(bytes).ok()?;
     let matches = answer.metadata.id == outgoing.metadata.id
         && answer.metadata.message_type == hickory_proto::op::MessageType::Response

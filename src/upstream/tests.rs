@@ -312,3 +312,86 @@ async fn round_robin_spreads_queries_over_upstreams() {
     assert_eq!(firsts[0], firsts[2]);
     assert_eq!(firsts[1], firsts[3]);
 }
+
+/// A TCP-only upstream that answers every query on a connection (or closes it after one
+/// answer, as an upstream with a short idle timeout does) and counts connections.
+fn tcp_upstream(close_after_answer: bool) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind TCP upstream");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                loop {
+                    let mut len = [0u8; 2];
+                    if stream.read_exact(&mut len).is_err() {
+                        return;
+                    }
+                    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    if stream.read_exact(&mut buf).is_err() {
+                        return;
+                    }
+                    let Ok(request) = Message::from_vec(&buf) else {
+                        return;
+                    };
+                    let answer = answer_to(&request, false);
+                    let mut framed = (answer.len() as u16).to_be_bytes().to_vec();
+                    framed.extend_from_slice(&answer);
+                    if stream.write_all(&framed).is_err() || close_after_answer {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn force_tcp_asks_over_tcp_and_reuses_the_connection() {
+    let (addr, accepted) = tcp_upstream(false);
+    let config = UpstreamConfig {
+        force_tcp: true,
+        ..config(1000, 2000)
+    };
+    let (fwd, metrics) = forwarder(vec![addr], &config);
+    for name in ["a.example.org.", "b.example.org.", "c.example.org."] {
+        let query = question(name);
+        assert_answered(
+            &fwd.forward(&query).await.expect("answered over TCP"),
+            &query,
+        );
+    }
+    assert_eq!(outcome(&metrics, "ok"), 3);
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one connection for three queries"
+    );
+}
+
+#[tokio::test]
+async fn a_kept_connection_closed_by_the_upstream_is_replaced_not_a_failure() {
+    let (addr, accepted) = tcp_upstream(true);
+    let config = UpstreamConfig {
+        force_tcp: true,
+        ..config(1000, 2000)
+    };
+    let (fwd, metrics) = forwarder(vec![addr], &config);
+    for name in ["a.example.org.", "b.example.org."] {
+        let query = question(name);
+        // Let the upstream's close reach us, so the kept connection is really stale.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_answered(&fwd.forward(&query).await.expect("answered"), &query);
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(
+        outcome(&metrics, "error"),
+        0,
+        "a stale kept connection is not a failed try"
+    );
+}
