@@ -154,3 +154,48 @@ impl RunningListener {
         while self.tasks.join_next().await.is_some() {}
     }
 }
+
+/// Debug builds only (what `cargo test` runs): when `CLUSTERDNS_TEST_PANIC_NAME` is set in
+/// the server's environment, a question for exactly that name panics inside
+/// [`handler::Handler::handle`], so the integration tests can check that a panic on the query
+/// path is caught and counted and that every socket keeps serving. Read once; a release build
+/// has no hook at all.
+#[cfg(debug_assertions)]
+pub(crate) fn injected_panic(name: &hickory_proto::rr::Name) {
+    static NAME: std::sync::OnceLock<Option<hickory_proto::rr::Name>> = std::sync::OnceLock::new();
+    let injected = NAME.get_or_init(|| {
+        std::env::var("CLUSTERDNS_TEST_PANIC_NAME")
+            .ok()
+            .and_then(|name| hickory_proto::rr::Name::from_ascii(name).ok())
+    });
+    if injected.as_ref() == Some(name) {
+        panic!("CLUSTERDNS_TEST_PANIC_NAME: injected panic for {name}");
+    }
+}
+
+/// Release builds: no test hook.
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub(crate) fn injected_panic(_name: &hickory_proto::rr::Name) {}
+
+/// [`handler::Handler::finish`] on a task of its own, with a panic caught and counted in
+/// `coredns_panics_total` like one in `handle` (the answer is then not sent).
+async fn finish_caught(
+    handler: &Handler,
+    pending: Box<handler::Pending>,
+    listener_metrics: &QueryMetrics,
+    peer: SocketAddr,
+) -> Option<Vec<u8>> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(handler.finish(pending))
+        .catch_unwind()
+        .await
+    {
+        Ok(bytes) => Some(bytes),
+        Err(_) => {
+            listener_metrics.all().panics.inc();
+            tracing::error!(%peer, "handler panicked on an upstream answer; dropped it");
+            None
+        }
+    }
+}

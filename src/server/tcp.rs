@@ -10,7 +10,7 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, error};
 
 /// TCP limits.
 #[derive(Clone, Copy, Debug)]
@@ -172,7 +172,17 @@ async fn read_queries(
             Ok(Ok(_)) => {}
             Ok(Err(_)) | Err(_) => return End::Done,
         }
-        match handler.handle(&buf, peer, listener_metrics) {
+        // As on UDP: a bug triggered by one query must not take the connection's task (and
+        // its other queries) down uncounted. The query is dropped; the connection goes on.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            handler.handle(&buf, peer, listener_metrics)
+        }));
+        let Ok(outcome) = outcome else {
+            listener_metrics.all().panics.inc();
+            error!(%peer, len, "handler panicked on a TCP query; dropped it");
+            continue;
+        };
+        match outcome {
             Outcome::Reply(bytes) => {
                 if tx.send(bytes).await.is_err() {
                     return End::Done;
@@ -182,9 +192,13 @@ async fn read_queries(
             Outcome::Upstream(pending) => {
                 let tx = tx.clone();
                 let handler = handler.clone();
+                let listener_metrics = listener_metrics.clone();
                 tokio::spawn(async move {
-                    let bytes = handler.finish(pending).await;
-                    let _ = tx.send(bytes).await;
+                    if let Some(bytes) =
+                        super::finish_caught(&handler, pending, &listener_metrics, peer).await
+                    {
+                        let _ = tx.send(bytes).await;
+                    }
                 });
             }
         }

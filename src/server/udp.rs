@@ -51,9 +51,13 @@ pub async fn serve(
             Outcome::Upstream(pending) => {
                 let socket = socket.clone();
                 let handler = handler.clone();
+                let listener_metrics = listener_metrics.clone();
                 tokio::spawn(async move {
-                    let bytes = handler.finish(pending).await;
-                    send(&socket, &bytes, peer).await;
+                    if let Some(bytes) =
+                        super::finish_caught(&handler, pending, &listener_metrics, peer).await
+                    {
+                        send(&socket, &bytes, peer).await;
+                    }
                 });
             }
         }

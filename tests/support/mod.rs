@@ -79,17 +79,22 @@ impl Server {
 
     /// `clusterdns serve <args>` with every listener on 127.0.0.1:0 unless `args` sets it.
     pub fn start(args: &[&str]) -> Server {
-        Server::start_with_defaults(args, true)
+        Server::start_with_defaults(args, true, &[])
     }
 
     /// As [`Server::start`], but the DNS listen addresses come from the config file given in
     /// `args` (a `--listen` flag would replace the file's list, and a reload could not change
     /// it). The HTTP listeners still default to port 0.
     pub fn start_listen_from_config(args: &[&str]) -> Server {
-        Server::start_with_defaults(args, false)
+        Server::start_with_defaults(args, false, &[])
     }
 
-    fn start_with_defaults(args: &[&str], default_listen: bool) -> Server {
+    /// As [`Server::start`], with extra environment variables for the server process.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_with_defaults(args, true, env)
+    }
+
+    fn start_with_defaults(args: &[&str], default_listen: bool, env: &[(&str, &str)]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_clusterdns"));
         command.arg("serve");
         for (flag, default) in [
@@ -108,6 +113,7 @@ impl Server {
         command
             .args(args)
             .env("RUST_LOG", "clusterdns=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -689,4 +695,31 @@ pub fn wait_tcp_end(stream: &mut TcpStream) -> TcpEnd {
         }
         Err(_) => TcpEnd::Reset,
     }
+}
+
+impl Server {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// File descriptors the server has open right now (entries of /proc/<pid>/fd).
+    pub fn open_fds(&self) -> Option<usize> {
+        Some(
+            std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+                .ok()?
+                .count(),
+        )
+    }
+}
+
+/// The soft limit on open files of this process (from /proc/self/limits); `None` if unknown
+/// or unlimited.
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|soft| soft.parse().ok())
 }
