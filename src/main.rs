@@ -154,6 +154,9 @@ async fn serve(args: &ServeArgs, config: Config) -> Result<()> {
         warn!("{warning}");
     }
     let metrics = Arc::new(Metrics::new());
+    if let Some(first) = config.listen.first() {
+        metrics.set_server_label(*first);
+    }
     let origin = Name::from_ascii(format!("{}.", config.zone))
         .with_context(|| format!("zone {:?} is not a domain name", config.zone))?;
     let zone = Arc::new(Zone::new(

@@ -105,3 +105,41 @@ fn per_query_metrics_have_coredns_labels() {
     assert!(text.contains("coredns_panics_total 0"));
     assert!(text.contains("coredns_reload_failed_total 0"));
 }
+
+#[test]
+fn cache_and_forward_metrics_have_coredns_labels() {
+    let upstream = FakeUpstream::start(UpstreamMode::Answer);
+    let server = Server::fixtures(Some(upstream.addr));
+    server.udp(&query("www.example.org.", RecordType::A));
+    server.udp(&query("www.example.org.", RecordType::A));
+    let text = server.metrics_text();
+    let value = |name: &str, labels: &str| metric_value(&text, name, labels);
+    // The cache is shared by the listeners: `server` is the first configured one.
+    let cache = "server=\"dns://127.0.0.1:0\",zones=\".\",view=\"\"";
+    assert_eq!(
+        value(
+            "coredns_cache_hits_total",
+            &format!("{cache},type=\"success\"")
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(value("coredns_cache_misses_total", cache), 1.0);
+    assert_eq!(value("coredns_cache_requests_total", cache), 2.0);
+    assert_eq!(
+        value(
+            "coredns_cache_entries",
+            &format!("{cache},type=\"success\"")
+        ),
+        1.0
+    );
+    let proxy = format!(
+        "proxy_name=\"forward\",to=\"{}\",rcode=\"NOERROR\"",
+        upstream.addr
+    );
+    assert_eq!(
+        value("coredns_proxy_request_duration_seconds_count", &proxy),
+        1.0,
+        "{text}"
+    );
+}

@@ -73,16 +73,19 @@ pub struct Metrics {
     /// Snapshot failures, by operation (`read`: a corrupt or unreadable file was ignored;
     /// `write`).
     pub snapshot_errors: IntCounterVec,
-    /// Upstream answers served from the cache, by type (`success`, `denial`).
+    /// Upstream answers served from the cache, by `server,type,zones,view` (type `success`
+    /// or `denial`), as CoreDNS's cache plugin labels them.
     pub cache_hits: IntCounterVec,
-    /// Upstream questions not found in the cache.
-    pub cache_misses: IntCounter,
-    /// Questions looked up in the cache.
-    pub cache_requests: IntCounter,
+    /// Upstream questions not found in the cache, by `server,zones,view`.
+    pub cache_misses: IntCounterVec,
+    /// Questions looked up in the cache, by `server,zones,view`.
+    pub cache_requests: IntCounterVec,
     /// Cache entries refreshed in the background before they expired.
-    pub cache_prefetch: IntCounter,
+    pub cache_prefetch: IntCounterVec,
     /// Expired answers served because every upstream failed (RFC 8767).
-    pub cache_served_stale: IntCounter,
+    pub cache_served_stale: IntCounterVec,
+    /// Upstream exchange durations, by `proxy_name` (`forward`), `to` and the answer's rcode.
+    pub proxy_duration: HistogramVec,
     /// Entries evicted by capacity, by type.
     pub cache_evictions: IntCounterVec,
     /// Entries in the cache, by type; refreshed on every scrape.
@@ -100,6 +103,7 @@ pub struct Metrics {
     /// 1 for an upstream found to loop back to this server (no longer used), by address.
     pub upstream_loop: IntGaugeVec,
     scrape_hooks: std::sync::Mutex<Vec<ScrapeHook>>,
+    server: std::sync::OnceLock<String>,
 }
 
 type ScrapeHook = Box<dyn Fn() + Send + Sync>;
@@ -280,34 +284,44 @@ impl Metrics {
             ),
             cache_hits: counter_vec(
                 "coredns_cache_hits_total",
-                "Upstream answers served from the cache, by type.",
-                &["type"],
+                "The count of cache hits.",
+                &["server", "type", "zones", "view"],
             ),
-            cache_misses: counter(
+            cache_misses: counter_vec(
                 "coredns_cache_misses_total",
-                "Upstream questions not found in the cache.",
+                "The count of cache misses.",
+                &["server", "zones", "view"],
             ),
-            cache_requests: counter(
+            cache_requests: counter_vec(
                 "coredns_cache_requests_total",
-                "Questions looked up in the cache.",
+                "The count of cache requests.",
+                &["server", "zones", "view"],
             ),
-            cache_prefetch: counter(
+            cache_prefetch: counter_vec(
                 "coredns_cache_prefetch_total",
-                "Cache entries refreshed before they expired.",
+                "The number of times the cache has prefetched a cached item.",
+                &["server", "zones", "view"],
             ),
-            cache_served_stale: counter(
+            cache_served_stale: counter_vec(
                 "coredns_cache_served_stale_total",
-                "Expired answers served because every upstream failed.",
+                "The number of requests served from stale cache entries.",
+                &["server", "zones", "view"],
             ),
             cache_evictions: counter_vec(
                 "coredns_cache_evictions_total",
-                "Cache entries evicted by capacity, by type.",
-                &["type"],
+                "The count of cache evictions.",
+                &["server", "type", "zones", "view"],
             ),
             cache_entries: gauge_vec(
                 "coredns_cache_entries",
-                "Entries in the cache, by type.",
-                &["type"],
+                "The number of elements in the cache.",
+                &["server", "type", "zones", "view"],
+            ),
+            proxy_duration: histogram_vec(
+                "coredns_proxy_request_duration_seconds",
+                "Histogram of the time each request took.",
+                &["proxy_name", "to", "rcode"],
+                prometheus::exponential_buckets(0.00025, 2.0, 16).unwrap_or_default(),
             ),
             coalesced_queries: counter(
                 "clusterdns_coalesced_queries_total",
@@ -325,7 +339,7 @@ impl Metrics {
             healthcheck_failures: counter_vec(
                 "coredns_proxy_healthcheck_failures_total",
                 "Failed health probes of upstreams marked down.",
-                &["to"],
+                &["proxy_name", "to"],
             ),
             healthcheck_broken: counter(
                 "coredns_forward_healthcheck_broken_total",
@@ -338,6 +352,7 @@ impl Metrics {
             ),
             registry,
             scrape_hooks: std::sync::Mutex::new(Vec::new()),
+            server: std::sync::OnceLock::new(),
         };
         metrics
             .build_info
@@ -352,6 +367,17 @@ impl Metrics {
         if let Ok(mut hooks) = self.scrape_hooks.lock() {
             hooks.push(Box::new(refresh));
         }
+    }
+
+    /// The `server` label of metrics that are not per listener (the cache is shared by every
+    /// listener): `dns://` and the first listen address, like CoreDNS's server block.
+    pub fn server_label(&self) -> &str {
+        self.server.get().map_or("dns://:53", String::as_str)
+    }
+
+    /// Sets [`Metrics::server_label`] once, at startup, before the cache is made.
+    pub fn set_server_label(&self, listen: std::net::SocketAddr) {
+        let _ = self.server.set(format!("dns://{listen}"));
     }
 
     /// The text exposition of every metric.

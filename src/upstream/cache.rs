@@ -11,6 +11,7 @@ use crate::ops::metrics::Metrics;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 use moka::notification::RemovalCause;
+use prometheus::{IntCounter, IntGauge};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -54,6 +55,10 @@ enum Kind {
 }
 
 impl Kind {
+    fn index(self) -> usize {
+        self as usize
+    }
+
     fn label(self) -> &'static str {
         match self {
             Kind::Success => "success",
@@ -129,8 +134,40 @@ pub struct Cache {
     success: Store,
     denial: Store,
     config: CacheConfig,
-    metrics: Arc<Metrics>,
+    counters: Counters,
 }
+
+/// The cache's metric handles, resolved once (CoreDNS labels: server, type, zones, view).
+struct Counters {
+    hits: [IntCounter; 2],
+    entries: [IntGauge; 2],
+    misses: IntCounter,
+    requests: IntCounter,
+    prefetch: IntCounter,
+    served_stale: IntCounter,
+}
+
+impl Counters {
+    fn new(metrics: &Metrics) -> Counters {
+        let server = metrics.server_label().to_string();
+        let typed = |kind: Kind| [server.as_str(), kind.label(), ZONES, VIEW];
+        let plain = [server.as_str(), ZONES, VIEW];
+        Counters {
+            hits: [Kind::Success, Kind::Denial]
+                .map(|k| metrics.cache_hits.with_label_values(&typed(k))),
+            entries: [Kind::Success, Kind::Denial]
+                .map(|k| metrics.cache_entries.with_label_values(&typed(k))),
+            misses: metrics.cache_misses.with_label_values(&plain),
+            requests: metrics.cache_requests.with_label_values(&plain),
+            prefetch: metrics.cache_prefetch.with_label_values(&plain),
+            served_stale: metrics.cache_served_stale.with_label_values(&plain),
+        }
+    }
+}
+
+/// CoreDNS's `zones` and `view` labels for a cache in a `.:53` server block.
+const ZONES: &str = ".";
+const VIEW: &str = "";
 
 /// Keeps each entry until its TTL plus the serve-stale window has passed.
 struct ExpireAfterTtl {
@@ -162,7 +199,12 @@ impl Cache {
     /// An empty cache with the capacities and TTL rules of `config`.
     pub fn new(config: &CacheConfig, metrics: Arc<Metrics>) -> Cache {
         let store = |capacity: u64, kind: Kind| -> Store {
-            let evictions = metrics.cache_evictions.with_label_values(&[kind.label()]);
+            let evictions = metrics.cache_evictions.with_label_values(&[
+                metrics.server_label(),
+                kind.label(),
+                ZONES,
+                VIEW,
+            ]);
             moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(ExpireAfterTtl {
@@ -179,13 +221,23 @@ impl Cache {
             success: store(config.capacity, Kind::Success),
             denial: store(config.negative_capacity, Kind::Denial),
             config: config.clone(),
-            metrics,
+            counters: Counters::new(&metrics),
         }
     }
 
     /// The settings it was made with.
     pub fn config(&self) -> &CacheConfig {
         &self.config
+    }
+
+    /// Counts a background refresh of an entry near expiry.
+    pub fn count_prefetch(&self) {
+        self.counters.prefetch.inc();
+    }
+
+    /// Counts an expired answer served because every upstream failed.
+    pub fn count_served_stale(&self) {
+        self.counters.served_stale.inc();
     }
 
     /// False when the cache is configured off.
@@ -198,23 +250,20 @@ impl Cache {
         if !self.enabled() {
             return Lookup::Miss;
         }
-        self.metrics.cache_requests.inc();
+        self.counters.requests.inc();
         let found = [(&self.success, Kind::Success), (&self.denial, Kind::Denial)]
             .into_iter()
             .find_map(|(store, kind)| store.get(key).map(|entry| (entry, kind)));
         let Some((entry, kind)) = found else {
-            self.metrics.cache_misses.inc();
+            self.counters.misses.inc();
             return Lookup::Miss;
         };
         let age = now.saturating_duration_since(entry.stored_at);
         if age >= entry.ttl {
-            self.metrics.cache_misses.inc();
+            self.counters.misses.inc();
             return Lookup::Stale(entry.answer_with(|_| STALE_TTL));
         }
-        self.metrics
-            .cache_hits
-            .with_label_values(&[kind.label()])
-            .inc();
+        self.counters.hits[kind.index()].inc();
         let hits = entry.hits.fetch_add(1, Ordering::Relaxed) + 1;
         let left = entry.ttl - age;
         let prefetch = self.config.prefetch > 0
@@ -317,10 +366,7 @@ impl Cache {
         for (store, kind) in [(&self.success, Kind::Success), (&self.denial, Kind::Denial)] {
             store.run_pending_tasks();
             let count = i64::try_from(store.entry_count()).unwrap_or(i64::MAX);
-            self.metrics
-                .cache_entries
-                .with_label_values(&[kind.label()])
-                .set(count);
+            self.counters.entries[kind.index()].set(count);
         }
     }
 }

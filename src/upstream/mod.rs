@@ -293,7 +293,7 @@ impl Resolver {
         let stale = match self.cache.get(&key, Instant::now().into_std()) {
             Lookup::Fresh { answer, prefetch } => {
                 if prefetch {
-                    self.metrics.cache_prefetch.inc();
+                    self.cache.count_prefetch();
                     let this = self.clone();
                     let query = query.clone();
                     tokio::spawn(async move {
@@ -309,7 +309,7 @@ impl Resolver {
             Ok(answer) => Ok(served((*answer).clone(), Served::Upstream)),
             Err(error) => match stale {
                 Some(answer) => {
-                    self.metrics.cache_served_stale.inc();
+                    self.cache.count_served_stale();
                     debug!(%error, "every upstream failed; serving a stale answer");
                     Ok(served(answer, Served::Stale))
                 }
@@ -405,6 +405,9 @@ struct UpstreamState {
     /// Ask over TCP only (`upstream.force_tcp`).
     force_tcp: bool,
 }
+
+/// The `proxy_name` label of CoreDNS's proxy metrics: what CoreDNS's `forward` plugin says.
+const PROXY_NAME: &str = "forward";
 
 /// Idle TCP connections kept per upstream.
 const MAX_IDLE_TCP: usize = 8;
@@ -535,9 +538,18 @@ impl Forwarder {
                 }
                 let try_deadline = deadline.min(now + self.try_timeout);
                 let addr = upstream.addr;
+                let started = Instant::now();
                 match try_upstream(upstream, query, try_deadline, &self.metrics).await {
                     Ok(answer) => {
                         count(&self.metrics, "ok");
+                        self.metrics
+                            .proxy_duration
+                            .with_label_values(&[
+                                PROXY_NAME,
+                                &addr.to_string(),
+                                crate::ops::metrics::rcode_label(answer.metadata.response_code),
+                            ])
+                            .observe(started.elapsed().as_secs_f64());
                         self.succeeded(upstream);
                         return Ok(answer);
                     }
@@ -619,7 +631,7 @@ impl Forwarder {
                 }
                 metrics
                     .healthcheck_failures
-                    .with_label_values(&[&addr])
+                    .with_label_values(&[PROXY_NAME, &addr])
                     .inc();
             }
         });

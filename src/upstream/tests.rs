@@ -247,7 +247,7 @@ async fn a_failing_upstream_is_marked_down_and_skipped() {
     assert!(
         metrics
             .healthcheck_failures
-            .with_label_values(&[&dead.to_string()])
+            .with_label_values(&["forward", &dead.to_string()])
             .get()
             >= 1
     );

@@ -59,7 +59,7 @@ fn fresh(lookup: Lookup) -> (CachedAnswer, bool) {
 
 #[test]
 fn positive_answers_count_down_then_turn_stale() {
-    let (cache, metrics) = cache(CacheConfig::default());
+    let (cache, _) = cache(CacheConfig::default());
     let now = Instant::now();
     let k = key("www.example.org.", RecordType::A);
     cache.insert(
@@ -76,13 +76,13 @@ fn positive_answers_count_down_then_turn_stale() {
     assert_eq!(hit.rcode, ResponseCode::NoError);
     assert_eq!(hit.answers.len(), 1);
     assert_eq!(hit.answers[0].ttl, 40);
-    assert_eq!(metrics.cache_hits.with_label_values(&["success"]).get(), 1);
+    assert_eq!(cache.counters.hits[Kind::Success.index()].get(), 1);
 
     match cache.get(&k, now + Duration::from_secs(61)) {
         Lookup::Stale(stale) => assert_eq!(stale.answers[0].ttl, STALE_TTL),
         other => panic!("expected stale, got {other:?}"),
     }
-    assert_eq!(metrics.cache_misses.get(), 1);
+    assert_eq!(cache.counters.misses.get(), 1);
 }
 
 #[test]
@@ -150,7 +150,7 @@ fn ttls_are_capped_and_floored() {
 
 #[test]
 fn negative_answers_live_for_the_soa_minimum() {
-    let (cache, metrics) = cache(CacheConfig::default());
+    let (cache, _) = cache(CacheConfig::default());
     let now = Instant::now();
     let k = key("gone.example.org.", RecordType::A);
     cache.insert(
@@ -163,7 +163,7 @@ fn negative_answers_live_for_the_soa_minimum() {
     assert!(hit.answers.is_empty());
     assert_eq!(hit.authorities.len(), 1);
     assert_eq!(hit.authorities[0].ttl, 50);
-    assert_eq!(metrics.cache_hits.with_label_values(&["denial"]).get(), 1);
+    assert_eq!(cache.counters.hits[Kind::Denial.index()].get(), 1);
     assert!(matches!(
         cache.get(&k, now + Duration::from_secs(61)),
         Lookup::Stale(_)
@@ -312,14 +312,14 @@ fn capacity_bounds_the_entries_whatever_the_names() {
         );
     }
     cache.update_entry_gauges();
-    let success = metrics.cache_entries.with_label_values(&["success"]).get();
-    let denial = metrics.cache_entries.with_label_values(&["denial"]).get();
+    let success = cache.counters.entries[Kind::Success.index()].get();
+    let denial = cache.counters.entries[Kind::Denial.index()].get();
     assert!(success <= 50 && success > 0, "{success}");
     assert!(denial <= 20 && denial > 0, "{denial}");
     assert!(
         metrics
             .cache_evictions
-            .with_label_values(&["success"])
+            .with_label_values(&[metrics.server_label(), "success", ".", ""])
             .get()
             > 0
     );
@@ -327,7 +327,7 @@ fn capacity_bounds_the_entries_whatever_the_names() {
 
 #[test]
 fn a_disabled_cache_keeps_nothing() {
-    let (cache, metrics) = cache(CacheConfig {
+    let (cache, _) = cache(CacheConfig {
         capacity: 0,
         ..CacheConfig::default()
     });
@@ -343,5 +343,5 @@ fn a_disabled_cache_keeps_nothing() {
         now,
     );
     assert!(matches!(cache.get(&k, now), Lookup::Miss));
-    assert_eq!(metrics.cache_requests.get(), 0);
+    assert_eq!(cache.counters.requests.get(), 0);
 }
