@@ -20,6 +20,8 @@
 #![warn(missing_docs, rust_2018_idioms)]
 
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ops;
 pub mod server;
 pub mod source;

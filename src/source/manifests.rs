@@ -794,7 +794,7 @@ fn same_object(a: &ClusterObject, b: &ClusterObject) -> bool {
 
 /// Parses one manifest file into its objects, keyed. Objects without a name are skipped
 /// (warned and counted); any other problem rejects the whole file with the reason.
-fn parse_file(
+pub(crate) fn parse_file(
     path: &Path,
     bytes: &[u8],
     metrics: &Metrics,
