@@ -179,6 +179,11 @@ else to the central config's upstreams (by default the node's resolv.conf), all 
 {{- end -}}
 {{- $upstream := deepCopy (default (dict) $nl.config.upstream) -}}
 {{- $_ = set $upstream "stub_domains" (merge (default (dict) $upstream.stub_domains) $stubs) -}}
+{{- /* Cluster names go to the central Service over TCP: no conntrack entry per query, the
+       reason NodeLocal DNSCache exists. */ -}}
+{{- if not (hasKey $upstream "force_tcp") -}}
+{{- $_ = set $upstream "force_tcp" true -}}
+{{- end -}}
 {{- $_ = set $c "upstream" $upstream -}}
 {{- range $table := list "cache" "server" "log" -}}
 {{- $_ := set $c $table (deepCopy (default (dict) (get $nl.config $table))) -}}
