@@ -214,7 +214,8 @@ def start_clusterdns(binary, manifests, upstream_port, workdir, tag="clusterdns"
                     ready = m.group(2)
         time.sleep(0.02)
     if dns is None or ready is None:
-        raise RuntimeError("clusterdns printed no listening lines")
+        srv.stop()
+        raise RuntimeError("not serving after 60 s (no listening lines)")
     srv.port = dns
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -511,6 +512,56 @@ def change_latency(srv, data_dir, summary, edits=5):
     return times
 
 
+def headless_cluster(d, slices, per_slice):
+    """One headless Service `big` in namespace `hl` with `slices` EndpointSlices of
+    `per_slice` endpoints each (hostnames `e-S-I`), one file per slice."""
+    os.makedirs(d, exist_ok=True)
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "big", "namespace": "hl"},
+           "spec": {"clusterIP": "None", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}
+    with open(os.path.join(d, "service.json"), "w") as f:
+        json.dump(svc, f)
+    for k in range(slices):
+        write_slice(d, k, per_slice, suffix="")
+
+
+def write_slice(d, k, per_slice, suffix):
+    eps = [{"addresses": [f"10.{64 + k // 250}.{k % 250}.{i + 1 if i < 250 else 0}" if per_slice <= 250 else f"10.{64 + k // 250}.{k % 250}.{i % 250 + 1}"],
+            "hostname": f"e-{k}-{i}{suffix if i == 0 else ''}", "conditions": {"ready": True}} for i in range(per_slice)]
+    sl = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+          "metadata": {"name": f"big-{k:04d}", "namespace": "hl", "labels": {"kubernetes.io/service-name": "big"}},
+          "addressType": "IPv4", "endpoints": eps, "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
+    tmp = os.path.join(d, ".slice.tmp")
+    with open(tmp, "w") as f:
+        json.dump(sl, f)
+    os.rename(tmp, os.path.join(d, f"slice-{k:04d}.json"))
+
+
+def headless_change(binary, upstream_port, work, slices, per_slice, edits=5):
+    """Seconds from renaming one changed slice file (one endpoint renamed) into place to the
+    new hostname answering, for a headless Service of slices x per_slice endpoints."""
+    d = os.path.join(work, f"headless-{slices}x{per_slice}")
+    headless_cluster(d, slices, per_slice)
+    srv = start_clusterdns(binary, d, upstream_port, work, f"clusterdns-headless-{slices}x{per_slice}")
+    times = []
+    try:
+        for v in range(edits):
+            k = (v * 7) % slices
+            t0 = time.time()
+            write_slice(d, k, per_slice, suffix=f"-v{v}")
+            name = f"e-{k}-0-v{v}.big.hl.svc.cluster.local"
+            while time.time() < t0 + 30:
+                r = dns_query(srv.port, name)
+                if r is not None and rcode(r) == 0 and struct.unpack(">H", r[6:8])[0] > 0:
+                    break
+                time.sleep(0.002)
+            times.append(time.time() - t0)
+            time.sleep(1.2)
+        rss = rss_mb(srv.pid)
+    finally:
+        srv.stop()
+    return {"slices": slices, "per_slice": per_slice, "sync_s": srv.sync_seconds, "change_s": times, "rss_mb": rss}
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -528,7 +579,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--services", type=int, default=5000, help="cluster size of the auth/cache workloads")
     ap.add_argument("--scale", default="1000,5000,50000", help="cluster sizes of the scale workload")
-    ap.add_argument("--workloads", default="auth,cache,tcp,scale")
+    ap.add_argument("--workloads", default="auth,cache,tcp,scale,headless")
     ap.add_argument("--data", default="/tmp/clusterdns-loadtest", help="generated clusters (kept between runs)")
     ap.add_argument("--binary", default=os.path.join(REPO, "target/release/clusterdns"))
     ap.add_argument("--also", action="append", default=[], metavar="NAME=PATH", help="another clusterdns binary in the auth and cache workloads (e.g. a patched build)")
@@ -617,10 +668,24 @@ def main():
                 s.stop()
                 started.remove(s)
             extra["scale"] = scale
+        if "headless" in workloads:
+            log("workload: one large headless Service, one slice changed")
+            extra["headless"] = []
+            for slices, per in ((1, 10), (10, 100), (100, 100)):
+                try:
+                    h = headless_change(args.binary, upstream.port, work, slices, per)
+                except RuntimeError as error:
+                    # A server that cannot load the service in time is a result, not a crash.
+                    log(f"  {slices} x {per} endpoints: {error}")
+                    extra["headless"].append({"slices": slices, "per_slice": per, "error": str(error)})
+                    continue
+                log(f"  {slices} x {per} endpoints: sync {h['sync_s']:.2f}s, change {['%.3f' % c for c in h['change_s']]}")
+                extra["headless"].append(h)
     finally:
         for s in started:
             s.stop()
-    print(table(rows))
+    if rows:
+        print(table(rows))
     if "latency_rate_qps" in extra:
         print(f"\np50/p99: dnsperf -v at {extra['latency_rate_qps']} qps (half of Knot's median QPS), one run of 5 s per server.")
     if "scale" in extra:
@@ -628,6 +693,14 @@ def main():
         print("|---|---|---|---|---|---|---|---|")
         for s in extra["scale"]:
             print(f"| {s['services']} | {s['endpoints']} | {s['sync_s']:.2f} | {s['idle_rss_mb']:.1f} | {s['qps']:.0f} | {s['qps_per_core']:.0f} | {s['rss_mb']:.1f} | {statistics.median(s['change_s']):.3f}, {max(s['change_s']):.3f} |")
+    if "headless" in extra:
+        print("\n| headless Service | endpoints | initial sync s | change of one slice applied s (median, max of 5) | RSS MB |")
+        print("|---|---|---|---|---|")
+        for h in extra["headless"]:
+            if "error" in h:
+                print(f"| {h['slices']} slices x {h['per_slice']} | {h['slices'] * h['per_slice']} | {h['error']} | - | - |")
+                continue
+            print(f"| {h['slices']} slices x {h['per_slice']} | {h['slices'] * h['per_slice']} | {h['sync_s']:.2f} | {statistics.median(h['change_s']):.3f}, {max(h['change_s']):.3f} | {h['rss_mb']:.1f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, **extra}, f, indent=1)
