@@ -296,6 +296,10 @@ pub struct UpstreamConfig {
     pub max_concurrent: usize,
     /// In which order the upstreams are tried (CoreDNS `policy`).
     pub policy: Policy,
+    /// Rounds over the upstream list per question (every upstream tried once per round);
+    /// 0: as many as fit in the deadline. When 0 and upstreams come from resolv.conf, its
+    /// `options attempts:N` applies.
+    pub attempts: u32,
     /// Ask upstreams over TCP only (CoreDNS `force_tcp`): for upstreams behind conntrack or
     /// NAT that loses UDP, and for node-local caches talking to the central servers.
     pub force_tcp: bool,
@@ -415,6 +419,7 @@ impl Default for UpstreamConfig {
             timeout_explicit: false,
             max_concurrent: 1000,
             policy: Policy::Random,
+            attempts: 0,
             force_tcp: false,
             max_fails: 2,
             health_check: Duration::from_millis(500),

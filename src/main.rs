@@ -137,6 +137,11 @@ fn upstreams(config: &Config) -> (Vec<SocketAddr>, clusterdns::config::UpstreamC
                 upstream_config.timeout = timeout;
                 upstream_config.deadline = upstream_config.deadline.max(timeout);
             }
+            if upstream_config.attempts == 0
+                && let Some(attempts) = resolv.attempts
+            {
+                upstream_config.attempts = attempts;
+            }
             if resolv.nameservers.is_empty() {
                 warn!(path = %config.resolv_conf.display(), "no nameserver in resolv.conf; names outside the cluster get SERVFAIL");
             }

@@ -51,6 +51,9 @@ pub enum ForwardError {
     /// Every upstream failed fast (refused, unreachable, unparseable answers).
     #[error("every upstream failed; last error: {0}")]
     AllFailed(String),
+    /// `attempts` rounds over the upstreams went unanswered.
+    #[error("no upstream answered in {0} round(s)")]
+    Attempts(u32),
     /// Every upstream of this name leads back to this server (a forwarding loop).
     #[error("every upstream is a forwarding loop back to this server")]
     Looped,
@@ -441,6 +444,7 @@ pub struct Forwarder {
     upstreams: Vec<Arc<UpstreamState>>,
     addrs: Vec<SocketAddr>,
     policy: Policy,
+    attempts: u32,
     next: AtomicUsize,
     max_fails: u32,
     health_check: Duration,
@@ -475,6 +479,7 @@ impl Forwarder {
                 .collect(),
             addrs: upstreams,
             policy: config.policy,
+            attempts: config.attempts,
             next: AtomicUsize::new(0),
             max_fails: config.max_fails,
             health_check: config.health_check,
@@ -529,7 +534,9 @@ impl Forwarder {
         if order.is_empty() {
             return Err(ForwardError::Looped);
         }
+        let mut rounds = 0;
         loop {
+            rounds += 1;
             let mut all_failed_fast = true;
             for upstream in &order {
                 let now = Instant::now();
@@ -569,6 +576,9 @@ impl Forwarder {
             }
             if all_failed_fast {
                 return Err(ForwardError::AllFailed(last_error));
+            }
+            if self.attempts != 0 && rounds >= self.attempts {
+                return Err(ForwardError::Attempts(self.attempts));
             }
         }
     }
