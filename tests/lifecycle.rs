@@ -74,19 +74,7 @@ fn an_upstream_answer_in_flight_at_shutdown_still_reaches_the_client() {
         "0s",
     ]);
     let dns = server.dns;
-    let client = std::thread::spawn(move || {
-        let q = query("slow.example.org.", RecordType::A);
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        socket.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-        socket
-            .send_to(&q.to_vec().expect("encode"), dns)
-            .expect("send");
-        let mut buf = vec![0u8; 4096];
-        let len = socket
-            .recv(&mut buf)
-            .expect("the answer arrives despite the shutdown");
-        parse_answer(&q, &buf[..len])
-    });
+    let client = udp_in_background(dns, "slow.example.org.");
     assert!(eventually(Duration::from_secs(2), || upstream.count() == 1));
     server.terminate();
     let answer = client.join().expect("client");

@@ -3,7 +3,7 @@
 
 mod support;
 
-use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -119,23 +119,10 @@ fn identical_questions_in_flight_go_upstream_once() {
     );
     let dns = server.dns;
     let clients: Vec<_> = (0..100)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let q = query("popular.example.org.", RecordType::A);
-                let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-                socket.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-                socket
-                    .send_to(&q.to_vec().expect("encode"), dns)
-                    .expect("send");
-                let mut buf = vec![0u8; 4096];
-                let len = socket.recv(&mut buf).expect("an answer");
-                (q, buf[..len].to_vec())
-            })
-        })
+        .map(|_| udp_in_background(dns, "popular.example.org."))
         .collect();
     for client in clients {
-        let (q, bytes) = client.join().expect("client thread");
-        let answer: Message = parse_answer(&q, &bytes);
+        let answer = client.join().expect("client thread");
         assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
         assert_eq!(rdata(&answer.answers, RecordType::A), [upstream_a()]);
     }
@@ -182,17 +169,7 @@ fn beyond_max_concurrent_questions_are_refused_at_once() {
         "[upstream]\ntimeout = \"2s\"\ndeadline = \"3s\"\nmax_concurrent = 1\n",
     );
     let dns = server.dns;
-    let slow = std::thread::spawn(move || {
-        let q = query("first.example.org.", RecordType::A);
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        socket.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-        socket
-            .send_to(&q.to_vec().expect("encode"), dns)
-            .expect("send");
-        let mut buf = vec![0u8; 4096];
-        let len = socket.recv(&mut buf).expect("answer");
-        parse_answer(&q, &buf[..len])
-    });
+    let slow = udp_in_background(dns, "first.example.org.");
     assert!(eventually(Duration::from_secs(2), || upstream.count() == 1));
     let started = Instant::now();
     let refused = server.udp(&query("second.example.org.", RecordType::A));

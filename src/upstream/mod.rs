@@ -586,12 +586,8 @@ impl Forwarder {
     fn succeeded(&self, upstream: &UpstreamState) {
         upstream.fails.store(0, Ordering::Relaxed);
         if upstream.down.swap(false, Ordering::Relaxed) {
-            self.mark_up(upstream);
+            mark_up(upstream, &self.metrics);
         }
-    }
-
-    fn mark_up(&self, upstream: &UpstreamState) {
-        mark_up(upstream, &self.metrics);
     }
 
     /// Counts a failed try; at `max_fails` in a row the upstream is marked down and a probe

@@ -440,6 +440,22 @@ pub fn parse_answer(query: &Message, bytes: &[u8]) -> Message {
     answer
 }
 
+/// Asks `dns` over UDP from a thread of its own (for questions that must be in flight while
+/// the test does something else); joining gives the parsed answer.
+pub fn udp_in_background(dns: SocketAddr, name: &'static str) -> std::thread::JoinHandle<Message> {
+    std::thread::spawn(move || {
+        let q = query(name, RecordType::A);
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        socket
+            .send_to(&q.to_vec().expect("encode"), dns)
+            .expect("send");
+        let mut buf = vec![0u8; 4096];
+        let len = socket.recv(&mut buf).expect("an answer over UDP");
+        parse_answer(&q, &buf[..len])
+    })
+}
+
 /// Writes one length-prefixed DNS message.
 pub fn write_framed(stream: &mut TcpStream, bytes: &[u8]) {
     let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
