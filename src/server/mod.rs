@@ -136,7 +136,17 @@ impl RunningListener {
         metrics: Arc<Metrics>,
         config: &ServerConfig,
     ) -> io::Result<RunningListener> {
-        let listener = bind(addr, config)?;
+        RunningListener::serve(addr, bind(addr, config)?, handler, metrics, config)
+    }
+
+    /// Starts serving `listener`, bound earlier for the configured address `addr`.
+    pub fn serve(
+        addr: SocketAddr,
+        listener: DnsListener,
+        handler: Arc<Handler>,
+        metrics: Arc<Metrics>,
+        config: &ServerConfig,
+    ) -> io::Result<RunningListener> {
         let bound = listener.local_addr();
         let cancel = CancellationToken::new();
         let tasks = spawn(vec![listener], handler, metrics, config, cancel.clone())?;

@@ -517,10 +517,15 @@ impl Zone {
                 created = true;
                 Node::default()
             });
-            match node.owners.iter_mut().find(|(o, _)| *o == owner) {
-                Some(slot) => slot.1 = records,
-                None => node.owners.push((owner, records)),
-            }
+            let added = records.len() as i64;
+            let replaced = match node.owners.iter_mut().find(|(o, _)| *o == owner) {
+                Some(slot) => std::mem::replace(&mut slot.1, records).len() as i64,
+                None => {
+                    node.owners.push((owner, records));
+                    0
+                }
+            };
+            self.metrics.zone_records.add(added - replaced);
         }
         if created {
             self.count_name(name, 1);
@@ -554,7 +559,10 @@ impl Zone {
     fn remove(&self, name: &Name, owner: OwnerId) {
         let unused = match self.index.get_mut(name) {
             Some(mut node) => {
+                let before = node.records().count() as i64;
                 node.owners.retain(|(o, _)| *o != owner);
+                let after = node.records().count() as i64;
+                self.metrics.zone_records.add(after - before);
                 node.is_unused()
             }
             None => false,
@@ -708,6 +716,16 @@ impl Zone {
             Some(info) => state.slices.insert(slice_id.clone(), info),
             None => state.slices.remove(&slice_id),
         };
+        let current = state.slices.get(&slice_id);
+        let endpoint_count = |s: Option<&SliceInfo>| s.map_or(0, |s| s.endpoints.len() as i64);
+        self.metrics
+            .zone_endpoints
+            .add(endpoint_count(current) - endpoint_count(old.as_ref()));
+        // The programming latency of a change is measured once, when the slice that carries
+        // it is applied; a relist re-delivering an unchanged slice is not a change.
+        let programmed = current
+            .filter(|new| old.as_ref() != Some(*new))
+            .and_then(|new| Some((new.trigger_time?, new.service.clone())));
         // Endpoints this change takes away from the slice's (old) Service linger for a grace
         // (module documentation): those of a deleted or relabelled slice, and those whose
         // addresses the new version of the slice no longer has.
@@ -743,6 +761,7 @@ impl Zone {
                         service: old.service.clone(),
                         endpoints: gone,
                         ports: old.ports.clone(),
+                        trigger_time: None,
                     },
                 ));
                 if state.expiries.is_empty() {
@@ -775,6 +794,42 @@ impl Zone {
             }
             self.republish(state, &service_id, now);
         }
+        if let Some((triggered, service)) = programmed {
+            self.observe_programming(state, (key.namespace.clone(), service), triggered);
+        }
+    }
+
+    /// `coredns_kubernetes_dns_programming_duration_seconds`: from the change the EndpointSlice
+    /// controller recorded to the moment its records are in the index. Like CoreDNS, only for
+    /// a Service the zone knows (`cluster_ip` or `headless_with_selector`: a slice with the
+    /// annotation was written by the controller, so the Service has a selector), and not for
+    /// the initial state, whose changes happened before this server started.
+    fn observe_programming(
+        &self,
+        state: &WriterState,
+        service_id: (String, String),
+        triggered: SystemTime,
+    ) {
+        if !self.is_synced() {
+            return;
+        }
+        let kind = match state
+            .services
+            .get(&service_id)
+            .and_then(|e| e.info.as_ref())
+        {
+            Some(info) if info.shape == records::ServiceShape::Headless => "headless_with_selector",
+            Some(_) => "cluster_ip",
+            None => return,
+        };
+        // A trigger time ahead of our clock (clock skew with the control plane) counts as 0.
+        let latency = SystemTime::now()
+            .duration_since(triggered)
+            .unwrap_or_default();
+        self.metrics
+            .dns_programming_duration
+            .with_label_values(&[kind])
+            .observe(latency.as_secs_f64());
     }
 
     /// Ends the grace of lingering endpoints that is over at `now` (their Services are

@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::time::SystemTime;
 
 /// Why an object was not turned into records; the label of `clusterdns_objects_rejected_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +98,10 @@ pub struct SliceInfo {
     pub endpoints: Vec<EndpointInfo>,
     /// Endpoint ports (headless SRV records use these, as CoreDNS does).
     pub ports: Vec<PortInfo>,
+    /// When the change this version of the slice carries was triggered (the EndpointSlice
+    /// controller's `endpoints.kubernetes.io/last-change-trigger-time` annotation): the start
+    /// of the DNS-programming latency SLI.
+    pub trigger_time: Option<SystemTime>,
 }
 
 /// The compact form of a Pod: its addresses.
@@ -218,7 +223,25 @@ pub fn slice_info(slice: &EndpointSlice) -> Result<SliceInfo, Rejection> {
         service,
         endpoints,
         ports,
+        trigger_time: trigger_time(slice),
     })
+}
+
+/// The annotation the EndpointSlice controller sets to the time of the change that made it
+/// write the slice (a Pod or Service change), RFC 3339.
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// The slice's [`LAST_CHANGE_TRIGGER_TIME`]; `None` when absent or not a valid time (the
+/// latency of that change is then simply not measured, as in CoreDNS).
+fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
+    let value = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(LAST_CHANGE_TRIGGER_TIME)?;
+    let time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time =
+        serde_json::from_value(serde_json::Value::String(value.clone())).ok()?;
+    Some(SystemTime::from(time.0))
 }
 
 /// Reduce a Pod to its addresses.

@@ -966,3 +966,32 @@ fn only_names_that_become_labels_must_be_labels() {
         NXDOMAIN
     );
 }
+
+#[test]
+fn trigger_time_annotation_is_read_in_the_controllers_formats() {
+    let slice_with = |annotation: Option<&str>| -> records::SliceInfo {
+        let mut metadata = json!({"name": "s", "namespace": "ns",
+            "labels": {"kubernetes.io/service-name": "svc"}});
+        if let Some(value) = annotation {
+            metadata["annotations"] = json!({records::LAST_CHANGE_TRIGGER_TIME: value});
+        }
+        let slice = serde_json::from_value(json!({
+            "metadata": metadata, "addressType": "IPv4", "endpoints": [],
+        }))
+        .unwrap();
+        records::slice_info(&slice).unwrap()
+    };
+    let at = |secs: u64, nanos: u32| Some(UNIX_EPOCH + Duration::new(secs, nanos));
+    // RFC 3339 as the EndpointSlice controller writes it, with and without fractions.
+    assert_eq!(
+        slice_with(Some("2024-05-01T10:00:05Z")).trigger_time,
+        at(1_714_557_605, 0)
+    );
+    assert_eq!(
+        slice_with(Some("2024-05-01T10:00:05.25Z")).trigger_time,
+        at(1_714_557_605, 250_000_000)
+    );
+    // Absent or garbage: no latency measured, the slice itself still serves.
+    assert_eq!(slice_with(None).trigger_time, None);
+    assert_eq!(slice_with(Some("yesterday")).trigger_time, None);
+}
