@@ -26,6 +26,8 @@ pub struct Metrics {
     /// Questions refused by the `[acl]` lists, by reason (`not_allowed`: the client may not
     /// ask at all; `no_recursion`: it may not have names outside the zone forwarded).
     pub acl_refused: IntCounterVec,
+    /// UDP answers over `[acl.rate_limit]`, by `action` (`drop`, `slip`).
+    pub rate_limited: IntCounterVec,
     /// Panics caught on the query path (the packet was dropped, the worker went on).
     pub panics: IntCounter,
     /// Config reloads that failed (the old config kept running).
@@ -203,6 +205,11 @@ impl Metrics {
                 "clusterdns_acl_refused_total",
                 "Questions refused by the access lists, by reason.",
                 &["reason"],
+            ),
+            rate_limited: counter_vec(
+                "clusterdns_rate_limited_total",
+                "UDP answers over the per-network rate limit, by action (drop, or slip: sent truncated).",
+                &["action"],
             ),
             panics: counter(
                 "coredns_panics_total",

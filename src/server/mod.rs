@@ -5,6 +5,7 @@
 //! answers come from the [`handler::Handler`], which is the only place that knows DNS.
 
 pub mod handler;
+pub mod rate_limit;
 pub mod socket;
 pub mod tcp;
 pub mod udp;
