@@ -106,7 +106,7 @@ impl RateLimiter {
         }
         bucket.limited = bucket.limited.wrapping_add(1);
         let slip = self.config.slip;
-        if slip != 0 && bucket.limited % slip == 0 {
+        if slip != 0 && bucket.limited.is_multiple_of(slip) {
             self.slipped.inc();
             Verdict::Slip
         } else {
