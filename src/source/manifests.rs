@@ -582,24 +582,23 @@ impl ManifestSource {
         touched: BTreeMap<ObjectKey, Option<ClusterObject>>,
         sink: &dyn EventSink,
     ) -> (usize, usize) {
-        let mut applied = 0;
+        let mut events = Vec::new();
         let mut deletes = Vec::new();
         for (key, before) in touched {
             match (before, self.effective(&key)) {
                 (before, Some(after)) => {
                     if before.is_none_or(|b| !same_object(&b, after)) {
-                        sink.handle(SourceEvent::Apply(after.clone()));
-                        applied += 1;
+                        events.push(SourceEvent::Apply(after.clone()));
                     }
                 }
                 (Some(_), None) => deletes.push(key),
                 (None, None) => {}
             }
         }
-        let deleted = deletes.len();
-        for key in deletes {
-            sink.handle(SourceEvent::Delete(key));
-        }
+        let (applied, deleted) = (events.len(), deletes.len());
+        events.extend(deletes.into_iter().map(SourceEvent::Delete));
+        // One batch: the zone rebuilds each Service the files touched once.
+        sink.handle_batch(events);
         (applied, deleted)
     }
 }

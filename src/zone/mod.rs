@@ -175,6 +175,11 @@ struct WriterState {
     /// When lingering endpoints of which Service end their grace, oldest first. The grace is a
     /// constant, so appending keeps the queue in order and expiry only looks at its front.
     expiries: VecDeque<(Instant, (String, String))>,
+    /// While a batch is applied: the Services to republish at its end
+    /// ([`Zone::apply_batch`]).
+    deferred: Option<BTreeSet<(String, String)>>,
+    /// Programming latencies to observe once the batch that carries them is published.
+    programmed: Vec<(&'static str, SystemTime)>,
 }
 
 impl WriterState {
@@ -627,10 +632,47 @@ impl Zone {
 
     /// Applies one event from a source.
     pub fn apply(&self, event: SourceEvent) {
+        self.apply_batch(std::iter::once(event));
+    }
+
+    /// Applies events in order under one writer lock, and republishes each Service they
+    /// touch once, at the end: a file or a list that brings a Service's 100 EndpointSlices
+    /// rebuilds it once, not 100 times (the records of a large headless Service cost in
+    /// proportion to its size on each rebuild). Readers see the batch's names change one
+    /// Service at a time, as with single events.
+    pub fn apply_batch(&self, events: impl IntoIterator<Item = SourceEvent>) {
+        let mut state = self.lock();
+        state.deferred = Some(BTreeSet::new());
+        let mut changed = false;
+        for event in events {
+            changed |= self.apply_locked(&mut state, event);
+        }
+        let now = Instant::now();
+        for service_id in state.deferred.take().into_iter().flatten() {
+            self.republish(&mut state, &service_id, now);
+        }
+        for (kind, triggered) in std::mem::take(&mut state.programmed) {
+            // A trigger time ahead of our clock (skew with the control plane) counts as 0.
+            let latency = SystemTime::now()
+                .duration_since(triggered)
+                .unwrap_or_default();
+            self.metrics
+                .dns_programming_duration
+                .with_label_values(&[kind])
+                .observe(latency.as_secs_f64());
+        }
+        if changed {
+            self.bump_serial();
+        }
+    }
+
+    /// One event; true when it may have changed the zone.
+    fn apply_locked(&self, state: &mut WriterState, event: SourceEvent) -> bool {
         match event {
             SourceEvent::InitialSyncDone => {
                 self.synced.store(true, Ordering::Release);
                 self.metrics.synced.set(1);
+                false
             }
             SourceEvent::Apply(object) => {
                 let Some(key) = object.key() else {
@@ -638,7 +680,7 @@ impl Zone {
                         .objects_rejected
                         .with_label_values(&[&object.kind().to_string(), "no_name"])
                         .inc();
-                    return;
+                    return false;
                 };
                 // Namespace and Service names become labels of the zone; Pod and EndpointSlice
                 // names never do (they may be dotted subdomains), only their namespace does.
@@ -647,34 +689,32 @@ impl Zone {
                     key.kind == ObjectKind::Namespace || name::is_valid_label(&key.namespace);
                 if !namespace_ok || (name_is_label && !name::is_valid_label(&key.name)) {
                     self.reject(key.kind, &key, Rejection::InvalidName);
-                    return;
+                    return false;
                 }
-                let mut state = self.lock();
                 match object {
                     ClusterObject::Service(service) => match records::service_info(&service) {
-                        Ok(info) => self.set_service(&mut state, &key, Some(info)),
+                        Ok(info) => self.set_service(state, &key, Some(info)),
                         Err(reason) => self.reject(key.kind, &key, reason),
                     },
                     ClusterObject::EndpointSlice(slice) => match records::slice_info(&slice) {
-                        Ok(info) => self.set_slice(&mut state, &key, Some(info)),
+                        Ok(info) => self.set_slice(state, &key, Some(info)),
                         Err(reason) => self.reject(key.kind, &key, reason),
                     },
                     ClusterObject::Pod(pod) => {
-                        self.set_pod(&mut state, &key, Some(records::pod_info(&pod)))
+                        self.set_pod(state, &key, Some(records::pod_info(&pod)))
                     }
-                    ClusterObject::Namespace(_) => self.set_namespace(&mut state, &key.name, true),
+                    ClusterObject::Namespace(_) => self.set_namespace(state, &key.name, true),
                 }
-                self.bump_serial();
+                true
             }
             SourceEvent::Delete(key) => {
-                let mut state = self.lock();
                 match key.kind {
-                    ObjectKind::Service => self.set_service(&mut state, &key, None),
-                    ObjectKind::EndpointSlice => self.set_slice(&mut state, &key, None),
-                    ObjectKind::Pod => self.set_pod(&mut state, &key, None),
-                    ObjectKind::Namespace => self.set_namespace(&mut state, &key.name, false),
+                    ObjectKind::Service => self.set_service(state, &key, None),
+                    ObjectKind::EndpointSlice => self.set_slice(state, &key, None),
+                    ObjectKind::Pod => self.set_pod(state, &key, None),
+                    ObjectKind::Namespace => self.set_namespace(state, &key.name, false),
                 }
-                self.bump_serial();
+                true
             }
         }
     }
@@ -800,13 +840,14 @@ impl Zone {
     }
 
     /// `coredns_kubernetes_dns_programming_duration_seconds`: from the change the EndpointSlice
-    /// controller recorded to the moment its records are in the index. Like CoreDNS, only for
-    /// a Service the zone knows (`cluster_ip` or `headless_with_selector`: a slice with the
-    /// annotation was written by the controller, so the Service has a selector), and not for
-    /// the initial state, whose changes happened before this server started.
+    /// controller recorded to the moment its records are in the index (observed when the
+    /// batch that carries it is published). Like CoreDNS, only for a Service the zone knows
+    /// (`cluster_ip`, or `headless_with_selector`: a slice with the annotation was written by
+    /// the controller, so the Service has a selector), and not for the initial state, whose
+    /// changes happened before this server started.
     fn observe_programming(
         &self,
-        state: &WriterState,
+        state: &mut WriterState,
         service_id: (String, String),
         triggered: SystemTime,
     ) {
@@ -822,14 +863,7 @@ impl Zone {
             Some(_) => "cluster_ip",
             None => return,
         };
-        // A trigger time ahead of our clock (clock skew with the control plane) counts as 0.
-        let latency = SystemTime::now()
-            .duration_since(triggered)
-            .unwrap_or_default();
-        self.metrics
-            .dns_programming_duration
-            .with_label_values(&[kind])
-            .observe(latency.as_secs_f64());
+        state.programmed.push((kind, triggered));
     }
 
     /// Ends the grace of lingering endpoints that is over at `now` (their Services are
@@ -881,6 +915,10 @@ impl Zone {
     /// Lingering endpoints whose grace is over at `now`, or whose address a slice of the
     /// Service has again, are dropped first.
     fn republish(&self, state: &mut WriterState, service_id: &(String, String), now: Instant) {
+        if let Some(deferred) = state.deferred.as_mut() {
+            deferred.insert(service_id.clone());
+            return;
+        }
         let Some(entry) = state.services.get(service_id) else {
             return;
         };
@@ -1062,6 +1100,12 @@ impl Zone {
 impl EventSink for Zone {
     fn handle(&self, event: SourceEvent) {
         self.apply(event);
+    }
+
+    fn handle_batch(&self, events: Vec<SourceEvent>) {
+        if !events.is_empty() {
+            self.apply_batch(events);
+        }
     }
 }
 
