@@ -978,9 +978,12 @@ impl Zone {
         {
             self.remove(name, owner);
         }
-        for (name, records) in &fresh {
-            if entry.published.get(name) != Some(records) {
-                self.put(name, owner, records.clone().into());
+        let mut fresh = fresh;
+        for (name, records) in fresh.iter_mut() {
+            match entry.published.get(name) {
+                // Unchanged: keep the set the index already holds (one copy, not two).
+                Some(published) if published == records => *records = published.clone(),
+                _ => self.put(name, owner, records.clone()),
             }
         }
         debug!(service = %format!("{}/{}", service_id.0, service_id.1), names = fresh.len(), lingering = lingering.len(), "service records published");

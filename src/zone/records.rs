@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// Why an object was not turned into records; the label of `clusterdns_objects_rejected_total`.
@@ -264,7 +265,8 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
 }
 
 /// Every record one Service owns, by owner name (lower case, fully qualified).
-pub type RecordsByName = BTreeMap<Name, Vec<Record>>;
+/// Each set is shared with the name index (one copy of every record, not two).
+pub type RecordsByName = BTreeMap<Name, Arc<[Record]>>;
 
 /// Where the records of one Service live: `<svc>.<ns>.svc.<zone>`.
 pub fn service_name(service: &str, namespace: &str, origin: &Name) -> Option<Name> {
