@@ -3,11 +3,9 @@
 
 use super::handler::{Handler, Outcome};
 use crate::ops::query_metrics::QueryMetrics;
-use std::future::Future;
+use super::UpstreamAnswer;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
@@ -52,23 +50,10 @@ pub async fn serve(
             Outcome::Reply(bytes) => send(&socket, &bytes, peer).await,
             Outcome::Drop => {}
             Outcome::Upstream(pending) => {
-                let answering = handler.clone();
-                let metrics = listener_metrics.clone();
-                let mut answer: Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send>> =
-                    Box::pin(async move {
-                        super::finish_caught(&answering, pending, &metrics, peer).await
-                    });
-                // Polled once here with a waker that does nothing: a cache hit is ready at
-                // once and is answered without a task. Otherwise the task's first poll
-                // registers its real waker (every future re-registers on each poll), and the
-                // wait goes on off this loop. `finish_caught` catches panics on both paths.
-                let polled = answer
-                    .as_mut()
-                    .poll(&mut Context::from_waker(Waker::noop()));
-                match polled {
-                    Poll::Ready(Some(bytes)) => send(&socket, &bytes, peer).await,
-                    Poll::Ready(None) => {}
-                    Poll::Pending => {
+                match super::start_upstream(&handler, pending, &listener_metrics, peer) {
+                    UpstreamAnswer::Ready(Some(bytes)) => send(&socket, &bytes, peer).await,
+                    UpstreamAnswer::Ready(None) => {}
+                    UpstreamAnswer::Waiting(answer) => {
                         let socket = socket.clone();
                         tokio::spawn(async move {
                             if let Some(bytes) = answer.await {
