@@ -1,9 +1,9 @@
 //! UDP workers: each owns one SO_REUSEPORT socket and answers zone queries inline, without a
 //! task per datagram; only questions that need the upstream get a task of their own.
 
+use super::UpstreamAnswer;
 use super::handler::{Handler, Outcome};
 use crate::ops::query_metrics::QueryMetrics;
-use super::UpstreamAnswer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::UdpSocket;
