@@ -62,7 +62,11 @@ fn main() -> ExitCode {
         Command::ImportKubeDns { file } => clusterdns::ops::import::main(&file),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
-                println!("{}: OK\n{}", file.display(), config.describe());
+                clusterdns::ops::print_report(&format!(
+                    "{}: OK\n{}\n",
+                    file.display(),
+                    config.describe()
+                ));
                 ExitCode::SUCCESS
             }
             Err(error) => {
