@@ -1173,3 +1173,123 @@ fn answer_larger_than_a_tcp_message_is_truncated_not_lost() {
     assert!(answer.metadata.truncation);
     assert!(answer.answers.is_empty());
 }
+
+/// One TCP exchange of raw bytes.
+fn tcp_raw(server: &Server, packet: &[u8]) -> Vec<u8> {
+    let mut stream = server.tcp_connect();
+    write_framed(&mut stream, packet);
+    read_framed(&mut stream).expect("an answer over TCP")
+}
+
+#[test]
+fn a_repeated_question_gets_the_first_answers_bytes_with_its_own_id_and_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = |ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\n\
+             spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80}}]}}\n"
+        )
+    };
+    std::fs::write(dir.path().join("web.yaml"), service("10.0.0.1")).expect("write");
+    let server = Server::manifests(dir.path(), None, &[]);
+    let ask = |id: u16, rd: bool, cd: bool, name: &str, qtype: RecordType, edns: bool| {
+        let mut q = if edns {
+            query_edns(name, qtype, 1232)
+        } else {
+            query(name, qtype)
+        };
+        q.metadata.id = id;
+        q.metadata.recursion_desired = rd;
+        q.metadata.checking_disabled = cd;
+        encode(&q)
+    };
+    for (name, qtype, edns) in [
+        ("web.default.svc.cluster.local.", RecordType::A, false),
+        ("WEB.Default.svc.cluster.local.", RecordType::A, true),
+        (
+            "_http._tcp.web.default.svc.cluster.local.",
+            RecordType::SRV,
+            true,
+        ),
+        ("nope.default.svc.cluster.local.", RecordType::A, false),
+        ("web.default.svc.cluster.local.", RecordType::TXT, true),
+        ("1.0.0.10.in-addr.arpa.", RecordType::PTR, false),
+    ] {
+        for transport in ["udp", "tcp"] {
+            let send = |packet: &[u8]| match transport {
+                "udp" => server.udp_raw(packet).expect("UDP answer"),
+                _ => tcp_raw(&server, packet),
+            };
+            let first = send(&ask(0x1111, true, false, name, qtype, edns));
+            let second = send(&ask(0x2222, false, true, name, qtype, edns));
+            let third = send(&ask(0x3333, true, true, name, qtype, edns));
+            let what = format!("{name} {qtype} over {transport}");
+            assert_eq!(&first[..2], &[0x11, 0x11], "{what}");
+            assert_eq!(&second[..2], &[0x22, 0x22], "{what}");
+            assert_eq!(&third[..2], &[0x33, 0x33], "{what}");
+            assert_eq!(first[2] & 0x01, 0x01, "{what}: RD echoed");
+            assert_eq!(second[2] & 0x01, 0x00, "{what}: RD echoed");
+            assert_eq!(first[3] & 0x10, 0x00, "{what}: CD echoed");
+            assert_eq!(second[3] & 0x10, 0x10, "{what}: CD echoed");
+            assert_eq!(third[2..4], [first[2], first[3] | 0x10], "{what}");
+            assert_eq!(first[2] & !0x01, second[2] & !0x01, "{what}: QR, AA, TC");
+            assert_eq!(first[3] & !0x10, second[3] & !0x10, "{what}: RA, rcode");
+            assert_eq!(first[4..], second[4..], "{what}: the same answer");
+            assert_eq!(first[4..], third[4..], "{what}: the same answer");
+            // And it parses to what the question asked, in the client's spelling.
+            let answer = decode(&second);
+            assert_eq!(answer.queries[0].name().to_ascii(), name, "{what}");
+            for record in answer.answers.iter().filter(|r| r.record_type() == qtype) {
+                assert_eq!(
+                    record.name.to_ascii(),
+                    name,
+                    "{what}: owner echoes the case"
+                );
+            }
+        }
+    }
+    // Every one of them counted, as requests and as responses.
+    assert_eq!(
+        server.metric("coredns_dns_requests_total", ""),
+        36.0,
+        "6 questions x 2 transports x 3"
+    );
+    assert_eq!(server.metric("coredns_dns_responses_total", ""), 36.0);
+    assert_eq!(
+        server.metric("clusterdns_prebuilt_answers_total", ""),
+        24.0,
+        "the second and third of each from prebuilt bytes"
+    );
+
+    // A change to the zone is answered at once, not from the bytes built before it.
+    let a = |server: &Server| {
+        rdata(
+            &server
+                .udp(&query("web.default.svc.cluster.local.", RecordType::A))
+                .answers,
+            RecordType::A,
+        )
+    };
+    assert_eq!(a(&server), ["10.0.0.1"]);
+    std::fs::write(dir.path().join("web.yaml"), service("10.0.0.2")).expect("write");
+    assert!(eventually(Duration::from_secs(10), || a(&server) == ["10.0.0.2"]));
+    for _ in 0..20 {
+        assert_eq!(a(&server), ["10.0.0.2"], "never the old answer again");
+    }
+    // A negative answer too: the name appears as soon as the Service does.
+    let rcode = |server: &Server| {
+        server
+            .udp(&query("later.default.svc.cluster.local.", RecordType::A))
+            .metadata
+            .response_code
+    };
+    assert_eq!(rcode(&server), ResponseCode::NXDomain);
+    assert_eq!(rcode(&server), ResponseCode::NXDomain);
+    std::fs::write(
+        dir.path().join("later.yaml"),
+        service("10.0.0.3").replace("name: web", "name: later"),
+    )
+    .expect("write");
+    assert!(eventually(Duration::from_secs(10), || rcode(&server)
+        == ResponseCode::NoError));
+}

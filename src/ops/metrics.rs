@@ -45,6 +45,8 @@ pub struct Metrics {
     pub malformed_packets: IntCounterVec,
     /// UDP responses that did not fit the client's payload size and went out with TC set.
     pub truncated_responses: IntCounter,
+    /// Zone answers sent as prebuilt bytes (a repeated question, the zone unchanged since).
+    pub prebuilt_answers: IntCounter,
     /// Objects a source could not use, by kind and reason.
     pub objects_rejected: IntCounterVec,
     /// Manifest files that failed to parse (each failed load counts once).
@@ -237,6 +239,10 @@ impl Metrics {
             truncated_responses: counter(
                 "clusterdns_truncated_responses_total",
                 "UDP responses sent with TC set because they did not fit.",
+            ),
+            prebuilt_answers: counter(
+                "clusterdns_prebuilt_answers_total",
+                "Zone answers sent as prebuilt bytes (a repeated question, the zone unchanged since it was built).",
             ),
             objects_rejected: counter_vec(
                 "clusterdns_objects_rejected_total",

@@ -11,6 +11,7 @@
 //! socket's task, and only a question that needs the upstream becomes a [`Pending`] that the
 //! server runs as a task. The handler owns no socket.
 
+use super::prebuilt::{PrebuiltAnswers, SimpleQuery};
 use super::rate_limit::{RateLimiter, Verdict};
 use crate::config::AclConfig;
 use crate::ops::metrics::Metrics;
@@ -156,6 +157,8 @@ pub struct Handler {
     rate_limit: ArcSwap<Option<RateLimiter>>,
     /// Questions waiting on the upstream path right now (shutdown waits for them).
     in_flight: std::sync::atomic::AtomicUsize,
+    /// Zone answers as wire bytes, for repeated questions.
+    prebuilt: PrebuiltAnswers,
 }
 
 /// Counts one question in flight for as long as it lives (also if its task is dropped).
@@ -249,6 +252,7 @@ impl Handler {
             acl: ArcSwap::new(Arc::new(Acl::from(&AclConfig::default()))),
             rate_limit: ArcSwap::new(Arc::new(None)),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
+            prebuilt: PrebuiltAnswers::default(),
         }
     }
 
@@ -378,6 +382,12 @@ impl Handler {
             self.malformed("response");
             return Outcome::Drop;
         }
+        let simple = SimpleQuery::parse(packet);
+        if let Some(query) = &simple
+            && let Some(outcome) = self.prebuilt_answer(packet, query, peer, listener, started)
+        {
+            return outcome;
+        }
         let header_request = Request {
             id: u16::from_be_bytes([packet[0], packet[1]]),
             op_code: OpCode::from_u8((packet[2] >> 3) & 0x0f),
@@ -470,6 +480,7 @@ impl Handler {
             let response = self.minimal_any(&query, may_forward);
             return Outcome::Reply(self.respond(listener, &request, response));
         }
+        let generation = self.zone.generation();
         match self.zone.lookup(query.name(), query.query_type()) {
             Lookup::Answer(answer) if answer.external_target.is_some() && !may_forward => {
                 // The CNAME is the zone's; following it out of the zone is forwarding.
@@ -493,7 +504,15 @@ impl Handler {
                     chain: Some((answer, target)),
                 })),
                 None => {
-                    Outcome::Reply(self.respond(listener, &request, Response::from_zone(answer)))
+                    let rcode = answer.rcode;
+                    let same_for_everyone = !rotates(&answer);
+                    let bytes = self.respond(listener, &request, Response::from_zone(answer));
+                    if let Some(simple) = simple.as_ref().filter(|_| same_for_everyone) {
+                        let limit = self.udp_cap(transport);
+                        self.prebuilt
+                            .keep(packet, simple, limit, generation, rcode, &bytes);
+                    }
+                    Outcome::Reply(bytes)
                 }
             },
             Lookup::NotSynced => Outcome::Reply(self.respond(
@@ -522,6 +541,42 @@ impl Handler {
                 chain: None,
             })),
         }
+    }
+
+    /// The UDP size cap prebuilt answers are keyed by; `None` over TCP.
+    fn udp_cap(&self, transport: Transport) -> Option<u16> {
+        (transport == Transport::Udp).then_some(self.max_udp_payload)
+    }
+
+    /// A prebuilt answer to a repeated zone question: the same bytes the full path would
+    /// build, with the request's id and flags. Counted like any answer. The full path runs
+    /// instead wherever it decides per client or per query: access lists that refuse this
+    /// client, the UDP rate limit, the query log, the test panic hook.
+    fn prebuilt_answer(
+        &self,
+        packet: &[u8],
+        query: &SimpleQuery,
+        peer: SocketAddr,
+        listener: &Arc<QueryMetrics>,
+        started: Instant,
+    ) -> Option<Outcome> {
+        let transport = listener.proto();
+        if self.query_log.load(Ordering::Relaxed) != QUERY_LOG_OFF
+            || super::injected_panic_armed()
+            || (transport == Transport::Udp && self.rate_limit.load().is_some())
+            || !self.acl.load().allows(peer.ip())
+        {
+            return None;
+        }
+        let generation = self.zone.generation();
+        let (rcode, bytes) =
+            self.prebuilt
+                .answer(packet, query, self.udp_cap(transport), generation)?;
+        self.metrics.prebuilt_answers.inc();
+        let qtype = Some(query.qtype());
+        listener.request(qtype, packet.len(), query.dnssec_ok());
+        listener.response(qtype, rcode, AnsweredBy::Zone, bytes.len(), started);
+        Some(Outcome::Reply(bytes))
     }
 
     /// Completes a question that needed the upstream. Always yields an answer: SERVFAIL when
@@ -682,4 +737,15 @@ fn encode(message: &Message) -> Vec<u8> {
             fallback.to_vec().unwrap_or_default()
         }
     }
+}
+
+/// Whether the zone rotated this answer's addresses (CoreDNS `loadbalance`): such an answer
+/// differs from one query to the next, so it is never prebuilt.
+fn rotates(answer: &ZoneAnswer) -> bool {
+    let addresses = answer
+        .answers
+        .iter()
+        .filter(|r| matches!(r.record_type(), RecordType::A | RecordType::AAAA))
+        .count();
+    addresses > 1
 }

@@ -5,6 +5,7 @@
 //! answers come from the [`handler::Handler`], which is the only place that knows DNS.
 
 pub mod handler;
+pub mod prebuilt;
 pub mod rate_limit;
 pub mod socket;
 pub mod tcp;
@@ -185,6 +186,21 @@ pub(crate) fn injected_panic(name: &hickory_proto::rr::Name) {
     if injected.as_ref() == Some(name) {
         panic!("CLUSTERDNS_TEST_PANIC_NAME: injected panic for {name}");
     }
+}
+
+/// Whether the test hook above is armed (prebuilt answers then stand aside, so that the
+/// hook sees every question).
+#[cfg(debug_assertions)]
+pub(crate) fn injected_panic_armed() -> bool {
+    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ARMED.get_or_init(|| std::env::var_os("CLUSTERDNS_TEST_PANIC_NAME").is_some())
+}
+
+/// Release builds: no test hook.
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub(crate) fn injected_panic_armed() -> bool {
+    false
 }
 
 /// Release builds: no test hook.

@@ -39,7 +39,7 @@ use records::{EndpointInfo, PodInfo, RecordsByName, Rejection, ServiceInfo, Slic
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
@@ -196,6 +196,9 @@ pub struct Zone {
     /// `(namespace, ip)` of every Pod, for `pods verified`.
     pod_ips: DashMap<(String, IpAddr), u32>,
     serial: AtomicU32,
+    /// Bumped after every change, once the change is in the index: an answer built at one
+    /// generation is still the zone's answer while the generation is unchanged.
+    generation: AtomicU64,
     synced: AtomicBool,
     writer: Mutex<WriterState>,
     /// Woken when the expiry queue gets its first entry (see [`Zone::run_endpoint_expiry`]).
@@ -229,6 +232,7 @@ impl Zone {
             index: DashMap::new(),
             pod_ips: DashMap::new(),
             serial: AtomicU32::new(now_serial()),
+            generation: AtomicU64::new(0),
             synced: AtomicBool::new(false),
             writer: Mutex::new(WriterState::default()),
             expiry_added: tokio::sync::Notify::new(),
@@ -613,7 +617,13 @@ impl Zone {
             .add(delta);
     }
 
+    /// The zone's generation: read it *before* a lookup to tag what the lookup built.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     fn bump_serial(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
         let now = now_serial();
         let _ = self
             .serial
@@ -672,7 +682,7 @@ impl Zone {
             SourceEvent::InitialSyncDone => {
                 self.synced.store(true, Ordering::Release);
                 self.metrics.synced.set(1);
-                false
+                true // missing names turn from SERVFAIL into NXDOMAIN
             }
             SourceEvent::Apply(object) => {
                 let Some(key) = object.key() else {
