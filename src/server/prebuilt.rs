@@ -13,13 +13,16 @@
 //!
 //! Owns: the query shape check and the byte cache. Must not: decide an answer.
 
-use dashmap::DashMap;
+use std::hash::BuildHasher;
+use std::sync::{Mutex, MutexGuard};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
-/// Answers kept at most. Past it the cache starts over (a flood of distinct names cannot grow
-/// memory; a few hundred bytes each).
-const CAPACITY: usize = 10_000;
+/// Slots of the cache, a power of two. Each question has one slot (by hash); a question that
+/// lands on an occupied slot replaces what was there. Memory is bounded (a few hundred bytes
+/// a slot when full: under 10 MB) whatever the flood of distinct names, with no clearing
+/// storms, and a hot question is rebuilt at most once per zone change or collision.
+const SLOTS: usize = 32_768;
 
 /// Longest key: a name (255) and the fixed fields.
 const MAX_KEY: usize = 255 + 4 + 3;
@@ -118,25 +121,34 @@ impl SimpleQuery {
 }
 
 struct Prebuilt {
+    key: Box<[u8]>,
     generation: u64,
     rcode: ResponseCode,
     bytes: Box<[u8]>,
 }
 
-/// The prebuilt answers of one handler.
+/// The prebuilt answers of one handler: a direct-mapped table.
 pub struct PrebuiltAnswers {
-    answers: DashMap<Box<[u8]>, Prebuilt>,
+    slots: Box<[Mutex<Option<Prebuilt>>]>,
+    hasher: std::hash::RandomState,
 }
 
 impl Default for PrebuiltAnswers {
     fn default() -> Self {
         PrebuiltAnswers {
-            answers: DashMap::with_capacity(1024),
+            slots: (0..SLOTS).map(|_| Mutex::new(None)).collect(),
+            hasher: std::hash::RandomState::new(),
         }
     }
 }
 
 impl PrebuiltAnswers {
+    fn slot(&self, key: &[u8]) -> MutexGuard<'_, Option<Prebuilt>> {
+        let index = (self.hasher.hash_one(key) as usize) & (SLOTS - 1);
+        // A panic while a slot was held leaves nothing half-written worth keeping.
+        self.slots[index].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The answer to `query` (in `packet`, over UDP with `udp_limit` or TCP with `None`) if one
     /// was built at zone generation `generation`: its rcode and bytes, with the request's id,
     /// RD and CD.
@@ -149,8 +161,9 @@ impl PrebuiltAnswers {
     ) -> Option<(ResponseCode, Vec<u8>)> {
         let mut buf = [0u8; MAX_KEY];
         let key = query.key(packet, udp_limit, &mut buf)?;
-        let prebuilt = self.answers.get(key)?;
-        if prebuilt.generation != generation {
+        let slot = self.slot(key);
+        let prebuilt = slot.as_ref()?;
+        if prebuilt.generation != generation || *prebuilt.key != *key {
             return None;
         }
         let mut bytes = prebuilt.bytes.to_vec();
@@ -179,17 +192,12 @@ impl PrebuiltAnswers {
         let Some(key) = query.key(packet, udp_limit, &mut buf) else {
             return;
         };
-        if self.answers.len() >= CAPACITY {
-            self.answers.clear();
-        }
-        self.answers.insert(
-            key.into(),
-            Prebuilt {
-                generation,
-                rcode,
-                bytes: bytes.into(),
-            },
-        );
+        *self.slot(key) = Some(Prebuilt {
+            key: key.into(),
+            generation,
+            rcode,
+            bytes: bytes.into(),
+        });
     }
 }
 
