@@ -83,23 +83,22 @@ pub enum Keep {
     Provenance,
 }
 
+/// The one entry `key` of `map`, if it has it.
+fn only(
+    map: Option<&std::collections::BTreeMap<String, String>>,
+    key: &str,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let value = map?.get(key)?;
+    Some([(key.to_string(), value.clone())].into())
+}
+
 fn trim_meta(meta: &ObjectMeta, keep_service_label: bool, keep: Keep) -> ObjectMeta {
     let provenance = keep == Keep::Provenance;
     let annotations = provenance
-        .then(|| {
-            meta.annotations.as_ref().and_then(|annotations| {
-                let value = annotations.get(LAST_CHANGE_TRIGGER_TIME)?;
-                Some([(LAST_CHANGE_TRIGGER_TIME.to_string(), value.clone())].into())
-            })
-        })
+        .then(|| only(meta.annotations.as_ref(), LAST_CHANGE_TRIGGER_TIME))
         .flatten();
     let labels = keep_service_label
-        .then(|| {
-            meta.labels.as_ref().and_then(|labels| {
-                let value = labels.get(SERVICE_NAME_LABEL)?;
-                Some([(SERVICE_NAME_LABEL.to_string(), value.clone())].into())
-            })
-        })
+        .then(|| only(meta.labels.as_ref(), SERVICE_NAME_LABEL))
         .flatten();
     ObjectMeta {
         name: meta.name.clone(),
