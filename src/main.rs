@@ -460,6 +460,7 @@ impl Running {
         new.metrics_listen = self.config.metrics_listen;
         new.health_listen = self.config.health_listen;
         new.ready_listen = self.config.ready_listen;
+        new.admin_listen = self.config.admin_listen;
         new.server = self.config.server.clone();
         new.log.format = self.config.log.format;
         self.config = new;

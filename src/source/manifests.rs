@@ -588,7 +588,11 @@ impl ManifestSource {
             match (before, self.effective(&key)) {
                 (before, Some(after)) => {
                     if before.is_none_or(|b| !same_object(&b, after)) {
-                        sink.handle(SourceEvent::Apply(after.clone()));
+                        let mut after = after.clone();
+                        if let Some(file) = self.owners.get(&key).and_then(|paths| paths.last()) {
+                            after.set_manifest_file(&file.to_string_lossy());
+                        }
+                        sink.handle(SourceEvent::Apply(after));
                         applied += 1;
                     }
                 }

@@ -91,6 +91,42 @@ impl ClusterObject {
         }
     }
 
+    fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            ClusterObject::Service(o) => &mut o.metadata,
+            ClusterObject::EndpointSlice(o) => &mut o.metadata,
+            ClusterObject::Pod(o) => &mut o.metadata,
+            ClusterObject::Namespace(o) => &mut o.metadata,
+        }
+    }
+
+    /// Marks the object as read from manifest `file` (see [`MANIFEST_FILE_ANNOTATION`]).
+    pub fn set_manifest_file(&mut self, file: &str) {
+        self.meta_mut()
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(MANIFEST_FILE_ANNOTATION.to_string(), file.to_string());
+    }
+
+    /// Where this object came from, as the zone keeps it: its `resourceVersion` (objects from
+    /// the API, or manifests saved from it) and manifest file, stamped with `changed`.
+    pub fn origin(&self, changed: u64) -> ObjectOrigin {
+        let meta = self.meta();
+        ObjectOrigin {
+            resource_version: meta
+                .resource_version
+                .as_deref()
+                .filter(|v| !v.is_empty())
+                .map(Into::into),
+            file: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(MANIFEST_FILE_ANNOTATION))
+                .map(|f| f.as_str().into()),
+            changed,
+        }
+    }
+
     /// The object's identity, or `None` when it has no name (such an object is rejected).
     pub fn key(&self) -> Option<ObjectKey> {
         let meta = self.meta();
@@ -110,6 +146,23 @@ impl ClusterObject {
             name,
         })
     }
+}
+
+/// The annotation the manifest source puts on the objects it emits: the file that defines
+/// the object. Carrying it in the object's own metadata keeps [`SourceEvent`] unchanged for
+/// every source; the zone keeps only the path (in [`ObjectOrigin`]), never the object.
+pub const MANIFEST_FILE_ANNOTATION: &str = "clusterdns.io/manifest-file";
+
+/// Where an object the zone holds came from, kept per object for `clusterdns explain`:
+/// a few words, never the object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectOrigin {
+    /// `metadata.resourceVersion`, if the object has one.
+    pub resource_version: Option<Box<str>>,
+    /// The manifest file that defines it (manifest source only).
+    pub file: Option<Box<str>>,
+    /// When the zone applied this version (seconds since the Unix epoch).
+    pub changed: u64,
 }
 
 /// What a source tells the zone.

@@ -25,12 +25,13 @@
 //! once). When the grace ends they go. [`Zone::expire_endpoints`] ends the graces that are due;
 //! [`Zone::run_endpoint_expiry`] drives it from a timer task (main.rs starts it).
 
+pub mod explain;
 pub mod name;
 pub mod records;
 
 use crate::config::PodMode;
 use crate::ops::metrics::Metrics;
-use crate::source::{ClusterObject, EventSink, ObjectKey, ObjectKind, SourceEvent};
+use crate::source::{ClusterObject, EventSink, ObjectKey, ObjectKind, ObjectOrigin, SourceEvent};
 use dashmap::DashMap;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{NS, SOA, TXT};
@@ -39,7 +40,7 @@ use records::{EndpointInfo, PodInfo, RecordsByName, Rejection, ServiceInfo, Slic
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
@@ -135,12 +136,15 @@ struct ServiceEntry {
     /// Endpoints that left this Service's slices and are still published until their grace
     /// ends (each with the ports of the slice they left).
     lingering: Vec<(Instant, SliceInfo)>,
+    /// Where the Service object came from (for explanations).
+    origin: Option<ObjectOrigin>,
 }
 
 impl ServiceEntry {
     fn new(owner: OwnerId) -> ServiceEntry {
         ServiceEntry {
             owner,
+            origin: None,
             info: None,
             slices: BTreeSet::new(),
             published: RecordsByName::new(),
@@ -156,6 +160,8 @@ struct NamespaceEntry {
     services: usize,
     pods: usize,
     published: bool,
+    /// Where the Namespace object came from, when there is one (for explanations).
+    origin: Option<ObjectOrigin>,
 }
 
 impl NamespaceEntry {
@@ -164,12 +170,19 @@ impl NamespaceEntry {
     }
 }
 
+/// One EndpointSlice: what DNS needs of it, and where it came from (for explanations).
+#[derive(Debug)]
+struct SliceEntry {
+    info: SliceInfo,
+    origin: ObjectOrigin,
+}
+
 /// Everything only the writer touches.
 #[derive(Debug, Default)]
 struct WriterState {
     next_owner: OwnerId,
     services: HashMap<(String, String), ServiceEntry>,
-    slices: HashMap<(String, String), SliceInfo>,
+    slices: HashMap<(String, String), SliceEntry>,
     namespaces: HashMap<String, NamespaceEntry>,
     pods: HashMap<(String, String), PodInfo>,
     /// When lingering endpoints of which Service end their grace, oldest first. The grace is a
@@ -192,6 +205,8 @@ pub struct Zone {
     pod_ips: DashMap<(String, IpAddr), u32>,
     serial: AtomicU32,
     synced: AtomicBool,
+    /// When the last event was applied (seconds since the Unix epoch; 0: none yet).
+    last_change: AtomicU64,
     writer: Mutex<WriterState>,
     /// Woken when the expiry queue gets its first entry (see [`Zone::run_endpoint_expiry`]).
     expiry_added: tokio::sync::Notify,
@@ -225,6 +240,7 @@ impl Zone {
             pod_ips: DashMap::new(),
             serial: AtomicU32::new(now_serial()),
             synced: AtomicBool::new(false),
+            last_change: AtomicU64::new(0),
             writer: Mutex::new(WriterState::default()),
             expiry_added: tokio::sync::Notify::new(),
             metrics,
@@ -619,6 +635,8 @@ impl Zone {
 
     /// Applies one event from a source.
     pub fn apply(&self, event: SourceEvent) {
+        let now = unix_now();
+        self.last_change.store(now, Ordering::Relaxed);
         match event {
             SourceEvent::InitialSyncDone => {
                 self.synced.store(true, Ordering::Release);
@@ -641,20 +659,23 @@ impl Zone {
                     self.reject(key.kind, &key, Rejection::InvalidName);
                     return;
                 }
+                let origin = object.origin(now);
                 let mut state = self.lock();
                 match object {
                     ClusterObject::Service(service) => match records::service_info(&service) {
-                        Ok(info) => self.set_service(&mut state, &key, Some(info)),
+                        Ok(info) => self.set_service(&mut state, &key, Some((info, origin))),
                         Err(reason) => self.reject(key.kind, &key, reason),
                     },
                     ClusterObject::EndpointSlice(slice) => match records::slice_info(&slice) {
-                        Ok(info) => self.set_slice(&mut state, &key, Some(info)),
+                        Ok(info) => self.set_slice(&mut state, &key, Some((info, origin))),
                         Err(reason) => self.reject(key.kind, &key, reason),
                     },
                     ClusterObject::Pod(pod) => {
                         self.set_pod(&mut state, &key, Some(records::pod_info(&pod)))
                     }
-                    ClusterObject::Namespace(_) => self.set_namespace(&mut state, &key.name, true),
+                    ClusterObject::Namespace(_) => {
+                        self.set_namespace(&mut state, &key.name, Some(origin))
+                    }
                 }
                 self.bump_serial();
             }
@@ -664,14 +685,20 @@ impl Zone {
                     ObjectKind::Service => self.set_service(&mut state, &key, None),
                     ObjectKind::EndpointSlice => self.set_slice(&mut state, &key, None),
                     ObjectKind::Pod => self.set_pod(&mut state, &key, None),
-                    ObjectKind::Namespace => self.set_namespace(&mut state, &key.name, false),
+                    ObjectKind::Namespace => self.set_namespace(&mut state, &key.name, None),
                 }
                 self.bump_serial();
             }
         }
     }
 
-    fn set_service(&self, state: &mut WriterState, key: &ObjectKey, info: Option<ServiceInfo>) {
+    fn set_service(
+        &self,
+        state: &mut WriterState,
+        key: &ObjectKey,
+        info: Option<(ServiceInfo, ObjectOrigin)>,
+    ) {
+        let (info, origin) = info.unzip();
         let id = (key.namespace.clone(), key.name.clone());
         let was_present = state
             .services
@@ -690,6 +717,7 @@ impl Zone {
             .entry(id.clone())
             .or_insert_with(|| ServiceEntry::new(owner));
         entry.info = info;
+        entry.origin = origin;
         self.republish(state, &id, Instant::now());
         if was_present != is_present {
             let delta: isize = if is_present { 1 } else { -1 };
@@ -700,19 +728,27 @@ impl Zone {
         }
     }
 
-    fn set_slice(&self, state: &mut WriterState, key: &ObjectKey, info: Option<SliceInfo>) {
+    fn set_slice(
+        &self,
+        state: &mut WriterState,
+        key: &ObjectKey,
+        info: Option<(SliceInfo, ObjectOrigin)>,
+    ) {
         let now = Instant::now();
         let slice_id = (key.namespace.clone(), key.name.clone());
-        let new_service = info.as_ref().map(|s| s.service.clone());
+        let new_service = info.as_ref().map(|(s, _)| s.service.clone());
         let old = match info {
-            Some(info) => state.slices.insert(slice_id.clone(), info),
+            Some((info, origin)) => state
+                .slices
+                .insert(slice_id.clone(), SliceEntry { info, origin }),
             None => state.slices.remove(&slice_id),
-        };
+        }
+        .map(|entry| entry.info);
         // Endpoints this change takes away from the slice's (old) Service linger for a grace
         // (module documentation): those of a deleted or relabelled slice, and those whose
         // addresses the new version of the slice no longer has.
         if let Some(old) = &old {
-            let kept: HashSet<IpAddr> = match state.slices.get(&slice_id) {
+            let kept: HashSet<IpAddr> = match state.slices.get(&slice_id).map(|e| &e.info) {
                 Some(new) if new.service == old.service => new
                     .endpoints
                     .iter()
@@ -743,6 +779,7 @@ impl Zone {
                         service: old.service.clone(),
                         endpoints: gone,
                         ports: old.ports.clone(),
+                        excluded: Vec::new(),
                     },
                 ));
                 if state.expiries.is_empty() {
@@ -834,6 +871,7 @@ impl Zone {
                 .slices
                 .iter()
                 .filter_map(|s| state.slices.get(&(service_id.0.clone(), s.clone())))
+                .map(|e| &e.info)
         };
         let lingering: Vec<(Instant, SliceInfo)> = if entry.lingering.is_empty() {
             Vec::new()
@@ -945,12 +983,16 @@ impl Zone {
         }
     }
 
-    fn set_namespace(&self, state: &mut WriterState, namespace: &str, explicit: bool) {
-        state
-            .namespaces
-            .entry(namespace.to_string())
-            .or_default()
-            .explicit = explicit;
+    /// `origin` is the Namespace object's; `None` when it was deleted.
+    fn set_namespace(
+        &self,
+        state: &mut WriterState,
+        namespace: &str,
+        origin: Option<ObjectOrigin>,
+    ) {
+        let entry = state.namespaces.entry(namespace.to_string()).or_default();
+        entry.explicit = origin.is_some();
+        entry.origin = origin;
         self.sync_namespace(state, namespace);
     }
 
@@ -1015,6 +1057,14 @@ fn cname_target(node: &Node) -> Option<Name> {
         RData::CNAME(c) => Some(c.0.clone()),
         _ => None,
     })
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn now_serial() -> u32 {
