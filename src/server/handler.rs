@@ -16,7 +16,8 @@ use crate::ops::metrics::Metrics;
 use crate::ops::query_metrics::{AnsweredBy, QueryMetrics};
 use crate::upstream::{ForwardError, Resolver, UpstreamAnswer};
 use crate::zone::{Lookup, Zone, ZoneAnswer};
-use arc_swap::ArcSwap;
+use crate::ops::explain::{self, ExplainContext};
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 use std::net::SocketAddr;
@@ -139,6 +140,17 @@ pub struct Handler {
     acl: ArcSwap<Acl>,
     /// Questions waiting on the upstream path right now (shutdown waits for them).
     in_flight: std::sync::atomic::AtomicUsize,
+    /// `--trace-name`: the one name whose queries are logged with their explanation.
+    trace: ArcSwapOption<Trace>,
+}
+
+/// The name `--trace-name` traces, and what its explanation mentions.
+#[derive(Debug)]
+pub struct Trace {
+    /// The traced name (fully qualified; DNS names compare case-insensitively).
+    pub name: Name,
+    /// Configuration the explanation mentions.
+    pub context: ExplainContext,
 }
 
 /// Counts one question in flight for as long as it lives (also if its task is dropped).
@@ -231,7 +243,43 @@ impl Handler {
             query_log: AtomicU64::new(QUERY_LOG_OFF),
             acl: ArcSwap::new(Arc::new(Acl::from(&AclConfig::default()))),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
+            trace: ArcSwapOption::empty(),
         }
+    }
+
+    /// Logs every query for one name with its explanation (`--trace-name`); `None`: off.
+    /// Replaced on a config reload.
+    pub fn set_trace(&self, trace: Option<Trace>) {
+        self.trace.store(trace.map(Arc::new));
+    }
+
+    /// The traced query's explanation, computed after its answer was built, so it shows the
+    /// state the answer came from (and, for a forwarded name, the cache entry it left).
+    fn write_trace(&self, request: &Request, rcode: ResponseCode, source: &str) {
+        let trace = self.trace.load();
+        let (Some(trace), Some(query)) = (trace.as_ref(), &request.query) else {
+            return;
+        };
+        if query.name() != &trace.name {
+            return;
+        }
+        let explanation = explain::explain(
+            &self.zone,
+            &self.upstream(),
+            &trace.context,
+            query.name(),
+            query.query_type(),
+        );
+        tracing::info!(
+            target: "clusterdns::query",
+            client = %request.peer,
+            name = %query.name(),
+            r#type = %query.query_type(),
+            rcode = crate::ops::metrics::rcode_label(rcode),
+            source,
+            explanation = %explain::render(&explanation),
+            "traced query"
+        );
     }
 
     /// Replaces the access lists (config reload).
@@ -578,6 +626,7 @@ impl Handler {
         {
             log.write(request, rcode, source, bytes.len());
         }
+        self.write_trace(request, rcode, source);
         bytes
     }
 
