@@ -8,10 +8,10 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use clusterdns::config::{Config, LogFormat, PodMode, ServeArgs};
-use clusterdns::ops::reload;
-use clusterdns::ops::{http, metrics::Metrics};
 use clusterdns::ops::admin::{AdminState, admin_router};
 use clusterdns::ops::explain::ExplainContext;
+use clusterdns::ops::reload;
+use clusterdns::ops::{http, metrics::Metrics};
 use clusterdns::server::RunningListener;
 use clusterdns::server::handler::{Handler, Trace};
 use clusterdns::source::kubernetes::{self, KubernetesOptions, KubernetesSource};
@@ -146,10 +146,18 @@ fn explain_context(config: &Config) -> ExplainContext {
         },
         None => "none".to_string(),
     };
+    let zone_suffix = format!(".{}", config.zone);
+    let node_search = resolv_conf::read(&config.resolv_conf)
+        .map(|r| r.search)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| *d != config.zone && !d.ends_with(&zone_suffix))
+        .collect();
     ExplainContext {
         source,
         namespaces: k.namespaces.clone(),
         labels: k.labels.clone(),
+        node_search,
     }
 }
 

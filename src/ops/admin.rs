@@ -90,6 +90,8 @@ struct ExplainParams {
     search: Option<String>,
     ndots: u8,
     resolve: bool,
+    /// Overrides the node's search domains (`node_search=a.example,b.example`; empty: none).
+    node_search: Option<Vec<String>>,
 }
 
 fn bad_request(message: String) -> Response {
@@ -113,8 +115,7 @@ async fn explain_route(state: &AdminState, uri: &Uri) -> Response {
         let resolver = resolver.clone();
         async move {
             if params.resolve {
-                explain_resolving(&state.zone, &resolver, &state.context, &name, params.qtype)
-                    .await
+                explain_resolving(&state.zone, &resolver, &state.context, &name, params.qtype).await
             } else {
                 explain::explain(&state.zone, &resolver, &state.context, &name, params.qtype)
             }
@@ -129,11 +130,20 @@ async fn explain_route(state: &AdminState, uri: &Uri) -> Response {
             json(serde_json::to_string_pretty(&ask(name).await))
         }
         Some(namespace) => {
-            let (search_list, names) =
-                match search_names(&params.name, namespace, state.zone.origin(), params.ndots) {
-                    Ok(found) => found,
-                    Err(message) => return bad_request(message),
-                };
+            let node_search = params
+                .node_search
+                .as_deref()
+                .unwrap_or(&state.context.node_search);
+            let (search_list, names) = match search_names(
+                &params.name,
+                namespace,
+                state.zone.origin(),
+                params.ndots,
+                node_search,
+            ) {
+                Ok(found) => found,
+                Err(message) => return bad_request(message),
+            };
             let mut queries: Vec<Explanation> = Vec::new();
             let mut answered_by = None;
             for name in names {
@@ -172,6 +182,7 @@ fn parse_params(query: &str) -> Result<ExplainParams, String> {
         search: None,
         ndots: DEFAULT_NDOTS,
         resolve: false,
+        node_search: None,
     };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -193,9 +204,25 @@ fn parse_params(query: &str) -> Result<ExplainParams, String> {
                     .parse::<u8>()
                     .ok()
                     .filter(|n| *n <= 15)
-                    .ok_or_else(|| format!("ndots {value:?}: must be 0..=15 (resolv.conf caps it at 15)"))?
+                    .ok_or_else(|| {
+                        format!("ndots {value:?}: must be 0..=15 (resolv.conf caps it at 15)")
+                    })?
             }
             "resolve" => params.resolve = matches!(value.as_str(), "" | "1" | "true"),
+            "node_search" => {
+                let domains: Vec<String> = value
+                    .split([',', ' '])
+                    .filter(|d| !d.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                if let Some(bad) = domains
+                    .iter()
+                    .find(|d| Name::from_ascii(d.as_str()).is_err())
+                {
+                    return Err(format!("node search domain {bad:?} is not a domain name"));
+                }
+                params.node_search = Some(domains)
+            }
             other => return Err(format!("unknown parameter {other:?}")),
         }
     }
@@ -271,6 +298,10 @@ pub struct ExplainArgs {
     /// The pod's resolv.conf ndots (with --search).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_NDOTS)]
     pub ndots: u8,
+    /// The node's search domains kubelet appends to the pod's search list (with --search)
+    /// [default: the search line of the server's resolv.conf]; "" for none.
+    #[arg(long, value_name = "DOMAIN,...")]
+    pub node_search: Option<String>,
     /// Resolve names outside the zone through the normal path (may query an upstream and
     /// fill the cache); without it explaining changes nothing.
     #[arg(long)]
@@ -298,6 +329,9 @@ pub fn explain_main(args: &ExplainArgs) -> ExitCode {
             percent_encode(namespace),
             args.ndots
         ));
+    }
+    if let Some(domains) = &args.node_search {
+        path.push_str(&format!("&node_search={}", percent_encode(domains)));
     }
     if args.resolve {
         path.push_str("&resolve=true");
@@ -351,7 +385,9 @@ fn http_get(server: &str, path: &str) -> Result<String, String> {
         .ok_or_else(|| format!("--server {server:?}: expected http://HOST:PORT"))?
         .trim_end_matches('/');
     if authority.contains('/') {
-        return Err(format!("--server {server:?}: expected http://HOST:PORT without a path"));
+        return Err(format!(
+            "--server {server:?}: expected http://HOST:PORT without a path"
+        ));
     }
     let addr = authority
         .to_socket_addrs()
@@ -425,10 +461,26 @@ mod tests {
         assert_eq!(p.search.as_deref(), Some("shop"));
         assert_eq!(p.ndots, 2);
         assert!(p.resolve);
-        assert!(parse_params("type=A").unwrap_err().contains("missing parameter name"));
-        assert!(parse_params("name=a&type=NOPE").unwrap_err().contains("unknown record type"));
-        assert!(parse_params("name=a&ndots=16").unwrap_err().contains("0..=15"));
-        assert!(parse_params("name=a&search=Bad_NS").unwrap_err().contains("DNS label"));
+        assert!(
+            parse_params("type=A")
+                .unwrap_err()
+                .contains("missing parameter name")
+        );
+        assert!(
+            parse_params("name=a&type=NOPE")
+                .unwrap_err()
+                .contains("unknown record type")
+        );
+        assert!(
+            parse_params("name=a&ndots=16")
+                .unwrap_err()
+                .contains("0..=15")
+        );
+        assert!(
+            parse_params("name=a&search=Bad_NS")
+                .unwrap_err()
+                .contains("DNS label")
+        );
         assert!(parse_params("name=a%zz").is_err());
     }
 
@@ -440,6 +492,9 @@ mod tests {
 
     #[test]
     fn chunked_bodies_are_joined() {
-        assert_eq!(dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").unwrap(), "hello world");
+        assert_eq!(
+            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").unwrap(),
+            "hello world"
+        );
     }
 }

@@ -34,6 +34,10 @@ pub struct ExplainContext {
     pub namespaces: Vec<String>,
     /// `kubernetes.labels`: the label selector of watched Services and EndpointSlices.
     pub labels: Option<String>,
+    /// The node's search domains, which kubelet appends to a ClusterFirst pod's search list:
+    /// the `search` line of the server's own resolv.conf (it runs with `dnsPolicy: Default`,
+    /// so that is the node's), without domains under the cluster zone.
+    pub node_search: Vec<String>,
 }
 
 /// The explanation of one question (`clusterdns explain NAME [TYPE] --json`).
@@ -163,7 +167,8 @@ pub struct SearchExplanation {
     pub namespace: String,
     /// The resolv.conf `ndots`.
     pub ndots: u8,
-    /// The resolv.conf search list (ClusterFirst: `NS.svc.ZONE svc.ZONE ZONE`).
+    /// The resolv.conf search list (ClusterFirst: `NS.svc.ZONE svc.ZONE ZONE`, then the
+    /// node's search domains).
     pub search_list: Vec<String>,
     /// Each question sent, in order, with its full explanation; the resolver stops at the
     /// first answer that ends the search.
@@ -356,8 +361,10 @@ pub async fn explain_resolving(
                 path.resolved = true;
                 path.served_from = Some(answer.served.label().to_string());
             }
-            out.notes
-                .push(format!("--resolve: answered by the {}", answer.served.label()));
+            out.notes.push(format!(
+                "--resolve: answered by the {}",
+                answer.served.label()
+            ));
         }
         Err(error) => {
             out.rcode = Some(rcode_text(ResponseCode::ServFail));
@@ -447,7 +454,8 @@ fn route_words(path: &UpstreamPath) -> String {
 }
 
 /// The names a glibc stub resolver asks for `name`, in order, with the ClusterFirst search
-/// list of namespace `namespace` (kubelet: `search NS.svc.ZONE svc.ZONE ZONE`, `ndots:5`).
+/// list of namespace `namespace` (kubelet: `search NS.svc.ZONE svc.ZONE ZONE` followed by the
+/// node's search domains `node_search`, and `options ndots:5`).
 ///
 /// glibc `res_nsearch`: a name ending in a dot is asked as is, alone. A name with at least
 /// `ndots` dots is asked as is first, then with each search domain. Otherwise each search
@@ -457,17 +465,23 @@ pub fn search_names(
     namespace: &str,
     origin: &Name,
     ndots: u8,
+    node_search: &[String],
 ) -> Result<(Vec<String>, Vec<Name>), String> {
     let zone = origin.to_ascii();
     let zone = zone.trim_end_matches('.');
-    let search_list = vec![
+    let mut search_list = vec![
         format!("{namespace}.svc.{zone}"),
         format!("svc.{zone}"),
         zone.to_string(),
     ];
-    let parse = |s: &str| {
-        Name::from_ascii(s).map_err(|e| format!("{s:?} is not a domain name: {e}"))
-    };
+    for domain in node_search {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        if !domain.is_empty() && !search_list.contains(&domain) {
+            search_list.push(domain);
+        }
+    }
+    let parse =
+        |s: &str| Name::from_ascii(s).map_err(|e| format!("{s:?} is not a domain name: {e}"));
     if name.ends_with('.') {
         return Ok((search_list, vec![parse(name)?]));
     }
@@ -480,7 +494,10 @@ pub fn search_names(
     let names = if dots >= usize::from(ndots) {
         std::iter::once(absolute).chain(expanded).collect()
     } else {
-        expanded.into_iter().chain(std::iter::once(absolute)).collect()
+        expanded
+            .into_iter()
+            .chain(std::iter::once(absolute))
+            .collect()
     };
     Ok((search_list, names))
 }
@@ -497,21 +514,31 @@ pub fn search_goes_on(explanation: &Explanation) -> bool {
     }
 }
 
-/// Advice for a search that sent more questions than needed.
-pub fn search_advice(name: &str, ndots: u8, queries: &[Explanation], answered_by: Option<usize>) -> Vec<String> {
+/// Advice for a search that sent more questions than needed. The question that ends the
+/// search is the answer when known, else the last one sent (an upstream not asked).
+pub fn search_advice(
+    name: &str,
+    ndots: u8,
+    queries: &[Explanation],
+    answered_by: Option<usize>,
+) -> Vec<String> {
     let mut advice = Vec::new();
-    if name.ends_with('.') {
+    if name.ends_with('.') || queries.len() < 2 {
         return advice;
     }
     let dots = name.matches('.').count();
-    let Some(index) = answered_by else {
-        if queries.len() > 1 {
+    let last = queries.len() - 1;
+    let ends_unknown = queries.get(last).is_some_and(|q| q.rcode.is_none());
+    let index = match answered_by {
+        Some(index) => index,
+        None if ends_unknown => last,
+        None => {
             advice.push(format!(
                 "no candidate answered: check the name; each lookup costs {} questions",
                 queries.len()
             ));
+            return advice;
         }
-        return advice;
     };
     let Some(answer) = queries.get(index) else {
         return advice;
@@ -519,7 +546,7 @@ pub fn search_advice(name: &str, ndots: u8, queries: &[Explanation], answered_by
     if index == 0 {
         return advice;
     }
-    let absolute = answer.name.trim_end_matches('.') == name;
+    let absolute = answer.name.trim_end_matches('.') == name.to_ascii_lowercase();
     if absolute {
         advice.push(format!(
             "write the name with a trailing dot ({name}.) to ask 1 question instead of {}",
@@ -761,10 +788,14 @@ mod tests {
 
     #[test]
     fn a_short_name_tries_the_search_list_first_then_the_name_as_is() {
-        let (search, list) = search_names("www.example.org", "default", &zone(), 5).unwrap();
+        let (search, list) = search_names("www.example.org", "default", &zone(), 5, &[]).unwrap();
         assert_eq!(
             search,
-            ["default.svc.cluster.local", "svc.cluster.local", "cluster.local"]
+            [
+                "default.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local"
+            ]
         );
         assert_eq!(
             names(&list),
@@ -778,11 +809,28 @@ mod tests {
     }
 
     #[test]
+    fn the_nodes_search_domains_follow_the_cluster_ones() {
+        let node = ["corp.example.org".to_string(), "cluster.local.".to_string()];
+        let (search, list) = search_names("db", "shop", &zone(), 5, &node).unwrap();
+        assert_eq!(
+            search,
+            [
+                "shop.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local",
+                "corp.example.org"
+            ]
+        );
+        assert_eq!(names(&list).last().map(String::as_str), Some("db."));
+        assert_eq!(list.len(), 5);
+    }
+
+    #[test]
     fn a_name_with_ndots_dots_is_asked_as_is_first_and_a_trailing_dot_only_as_is() {
-        let (_, list) = search_names("a.b.c", "shop", &zone(), 2).unwrap();
+        let (_, list) = search_names("a.b.c", "shop", &zone(), 2, &[]).unwrap();
         assert_eq!(names(&list)[0], "a.b.c.");
         assert_eq!(list.len(), 4);
-        let (_, list) = search_names("www.example.org.", "shop", &zone(), 5).unwrap();
+        let (_, list) = search_names("www.example.org.", "shop", &zone(), 5, &[]).unwrap();
         assert_eq!(names(&list), ["www.example.org."]);
     }
 }

@@ -12,11 +12,11 @@
 //! server runs as a task. The handler owns no socket.
 
 use crate::config::AclConfig;
+use crate::ops::explain::{self, ExplainContext};
 use crate::ops::metrics::Metrics;
 use crate::ops::query_metrics::{AnsweredBy, QueryMetrics};
 use crate::upstream::{ForwardError, Resolver, UpstreamAnswer};
 use crate::zone::{Lookup, Zone, ZoneAnswer};
-use crate::ops::explain::{self, ExplainContext};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, Record, RecordType};

@@ -156,9 +156,10 @@ pub struct Peek {
 }
 
 impl Peek {
-    /// The TTL left (zero when stale).
+    /// The TTL left in whole seconds as a client gets it (zero when stale): the TTL minus
+    /// the whole seconds elapsed, as [`Cache::get`] counts down.
     pub fn remaining(&self) -> Duration {
-        self.ttl.saturating_sub(self.age)
+        Duration::from_secs(self.ttl.as_secs().saturating_sub(self.age.as_secs()))
     }
 }
 

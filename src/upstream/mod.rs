@@ -248,10 +248,8 @@ impl Resolver {
         name: &hickory_proto::rr::Name,
         qtype: hickory_proto::rr::RecordType,
     ) -> Option<cache::Peek> {
-        self.cache.peek(
-            &CacheKey::plain(name, qtype),
-            Instant::now().into_std(),
-        )
+        self.cache
+            .peek(&CacheKey::plain(name, qtype), Instant::now().into_std())
     }
 
     /// Sends every upstream a question only this process can recognise (see
