@@ -747,7 +747,250 @@ fn first_label(name: &Name) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::records::{self, EndpointInfo, ServiceInfo};
+    use super::super::{ZoneAnswer, ZoneConfig};
     use super::*;
+    use crate::ops::metrics::Metrics;
+    use crate::source::{ClusterObject, ObjectKey, ObjectKind, SourceEvent};
+    use serde_json::json;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    fn zone() -> Zone {
+        let zone = Zone::new(
+            ZoneConfig {
+                origin: Name::from_ascii("cluster.local.").unwrap(),
+                ttl: 5,
+                pods: PodMode::Disabled,
+            },
+            Arc::new(Metrics::new()),
+        );
+        zone.apply(SourceEvent::InitialSyncDone);
+        zone
+    }
+
+    fn service(ns: &str, name: &str, spec: serde_json::Value) -> SourceEvent {
+        SourceEvent::Apply(ClusterObject::Service(Box::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": ns, "resourceVersion": "7"},
+                "spec": spec,
+            }))
+            .unwrap(),
+        )))
+    }
+
+    fn slice_object(ns: &str, name: &str, svc: &str, body: serde_json::Value) -> ClusterObject {
+        let mut value = json!({
+            "metadata": {"name": name, "namespace": ns,
+                         "labels": {"kubernetes.io/service-name": svc},
+                         "annotations": {"clusterdns.io/manifest-file": "/m/web.yaml"}},
+            "addressType": "IPv4",
+            "endpoints": [],
+        });
+        if let (Some(v), Some(b)) = (value.as_object_mut(), body.as_object()) {
+            for (k, x) in b {
+                v.insert(k.clone(), x.clone());
+            }
+        }
+        ClusterObject::EndpointSlice(Box::new(serde_json::from_value(value).unwrap()))
+    }
+
+    fn slice_info(body: serde_json::Value) -> records::SliceInfo {
+        let ClusterObject::EndpointSlice(slice) = slice_object("default", "s", "web", body) else {
+            unreachable!()
+        };
+        records::slice_info(&slice).unwrap()
+    }
+
+    fn headless_web(zone: &Zone) {
+        zone.apply(service("default", "web", json!({"clusterIP": "None"})));
+        zone.apply(SourceEvent::Apply(slice_object(
+            "default",
+            "web-abc",
+            "web",
+            json!({"endpoints": [
+                {"addresses": ["192.0.2.10"], "hostname": "web-0"},
+                {"addresses": ["192.0.2.11"], "hostname": "web-1",
+                 "conditions": {"ready": false, "terminating": true}},
+            ]}),
+        )));
+    }
+
+    fn answer(lookup: &Lookup) -> &ZoneAnswer {
+        match lookup {
+            Lookup::Answer(a) => a,
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn slice_info_reports_what_it_drops_and_why() {
+        let fqdn = slice_info(json!({"addressType": "FQDN", "endpoints": [
+            {"addresses": ["db.example.org"]}, {"addresses": ["cache.example.org"]}]}));
+        assert!(fqdn.endpoints.is_empty());
+        let reasons: Vec<(&str, Exclusion)> = fqdn
+            .excluded
+            .iter()
+            .map(|e| (&*e.address, e.reason))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("db.example.org", Exclusion::AddressType),
+                ("cache.example.org", Exclusion::AddressType)
+            ]
+        );
+        let mixed = slice_info(json!({"endpoints": [
+            {"addresses": ["192.0.2.1", "not-an-ip"]}]}));
+        assert_eq!(mixed.endpoints.len(), 1);
+        assert_eq!(mixed.excluded.len(), 1);
+        assert_eq!(mixed.excluded[0].reason, Exclusion::InvalidAddress);
+        assert_eq!(&*mixed.excluded[0].address, "not-an-ip");
+        let clean = slice_info(json!({"endpoints": [{"addresses": ["192.0.2.1"]}]}));
+        assert!(clean.excluded.is_empty(), "nothing dropped, nothing kept");
+    }
+
+    #[test]
+    fn endpoint_exclusion_names_the_rule_and_publish_not_ready_lifts_it() {
+        let endpoint = |ready, terminating| EndpointInfo {
+            addresses: vec!["192.0.2.1".parse().unwrap()],
+            hostname: None,
+            ready,
+            terminating,
+        };
+        let info = |publish_not_ready| ServiceInfo {
+            shape: ServiceShape::Headless,
+            ports: Vec::new(),
+            publish_not_ready,
+        };
+        assert_eq!(
+            endpoint_exclusion(&info(false), &endpoint(true, false)),
+            None
+        );
+        assert_eq!(
+            endpoint_exclusion(&info(false), &endpoint(false, false)),
+            Some(Exclusion::NotReady)
+        );
+        assert_eq!(
+            endpoint_exclusion(&info(false), &endpoint(false, true)),
+            Some(Exclusion::Terminating)
+        );
+        assert_eq!(
+            endpoint_exclusion(&info(true), &endpoint(false, true)),
+            None
+        );
+        assert_eq!(Exclusion::Terminating.as_str(), "terminating");
+        assert!(Exclusion::AddressType.describe().contains("FQDN"));
+    }
+
+    #[test]
+    fn every_record_names_the_object_behind_it() {
+        let zone = zone();
+        headless_web(&zone);
+        let e = zone.explain(
+            &Name::from_ascii("10.2.0.192.in-addr.arpa.").unwrap(),
+            RecordType::PTR,
+        );
+        assert_eq!(answer(&e.lookup).answers.len(), 1);
+        let source = e.answer_sources[0].as_ref().expect("a source");
+        assert_eq!(source.kind, "EndpointSlice");
+        assert_eq!(source.name.as_deref(), Some("web-abc"));
+        assert_eq!(source.file.as_deref(), Some("/m/web.yaml"));
+        assert!(
+            source
+                .note
+                .as_deref()
+                .unwrap_or("")
+                .contains("hostname web-0")
+        );
+
+        let e = zone.explain(
+            &Name::from_ascii("web.default.svc.cluster.local.").unwrap(),
+            RecordType::A,
+        );
+        let service = e.service.expect("the service");
+        assert_eq!(service.resource_version.as_deref(), Some("7"));
+        assert_eq!(e.excluded.len(), 1);
+        assert_eq!(e.excluded[0].address, "192.0.2.11");
+        assert_eq!(e.excluded[0].reason, "terminating");
+
+        let e = zone.explain(
+            &Name::from_ascii("dns-version.cluster.local.").unwrap(),
+            RecordType::TXT,
+        );
+        assert_eq!(
+            e.answer_sources[0].as_ref().map(|p| p.kind.as_str()),
+            Some("Zone")
+        );
+    }
+
+    #[test]
+    fn an_endpoint_in_its_grace_is_explained_as_lingering() {
+        let zone = zone();
+        headless_web(&zone);
+        zone.apply(SourceEvent::Delete(ObjectKey {
+            kind: ObjectKind::EndpointSlice,
+            namespace: "default".into(),
+            name: "web-abc".into(),
+        }));
+        let e = zone.explain(
+            &Name::from_ascii("web-0.web.default.svc.cluster.local.").unwrap(),
+            RecordType::A,
+        );
+        let source = e.answer_sources[0].as_ref().expect("a source");
+        assert_eq!(source.kind, "Service");
+        assert!(
+            source.note.as_deref().unwrap_or("").contains("grace"),
+            "{source:?}"
+        );
+        zone.expire_endpoints(Instant::now() + Duration::from_secs(3));
+        let e = zone.explain(
+            &Name::from_ascii("web.default.svc.cluster.local.").unwrap(),
+            RecordType::A,
+        );
+        assert_eq!(answer(&e.lookup).rcode, ResponseCode::NXDomain);
+        assert!(
+            e.notes.iter().any(|n| n.contains("no published endpoint")),
+            "{:?}",
+            e.notes
+        );
+    }
+
+    #[test]
+    fn names_outside_svc_and_pod_say_what_was_probably_meant() {
+        let zone = zone();
+        headless_web(&zone);
+        let e = zone.explain(
+            &Name::from_ascii("web.default.cluster.local.").unwrap(),
+            RecordType::A,
+        );
+        let failed = e.failed.expect("a failed label");
+        assert_eq!(failed.expected, "zone_child");
+        assert_eq!(failed.label, "default");
+        assert!(
+            failed
+                .message
+                .contains("did you mean web.default.svc.cluster.local."),
+            "{}",
+            failed.message
+        );
+        let e = zone.explain(
+            &Name::from_ascii("10-0-0-1.default.pod.cluster.local.").unwrap(),
+            RecordType::A,
+        );
+        assert!(
+            e.notes.iter().any(|n| n.contains("pods = disabled")),
+            "{:?}",
+            e.notes
+        );
+        assert_eq!(
+            zone.dump()
+                .iter()
+                .filter(|r| r.record_type() == RecordType::SOA)
+                .count(),
+            1
+        );
+    }
 
     #[test]
     fn edit_distance_counts_insertions_deletions_and_substitutions() {
