@@ -369,7 +369,7 @@ fn a_cached_upstream_name_shows_its_cache_entry_and_explaining_asks_nobody() {
     assert_eq!(cache["stale"], false);
     assert_eq!(cache["ttl_secs"], 300);
     let remaining = cache["remaining_secs"].as_u64().expect("remaining");
-    assert!(remaining <= 300 && remaining >= 290, "{cache}");
+    assert!((290..=300).contains(&remaining), "{cache}");
     assert!(cache["age_secs"].as_u64().expect("age") <= 10);
     assert_eq!(
         strings(&cache["records"]),
