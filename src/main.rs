@@ -1,4 +1,6 @@
-//! The `clusterdns` command: `serve` runs the server, `check-config` validates a config file.
+//! The `clusterdns` command: `serve` runs the server, `check-config` validates a config file,
+//! `explain` and `dump` ask a running server's admin endpoint, `doctor` checks the machine,
+//! `import-kube-dns` converts kube-dns's ConfigMap.
 //!
 //! `serve` wires the parts together in the order data flows: config -> metrics -> zone ->
 //! sources (initial load) -> upstream forwarder -> handler -> sockets -> HTTP endpoints, then
@@ -133,7 +135,7 @@ fn announce(kind: &str, addr: SocketAddr) {
 }
 
 /// What explanations say about the configuration: the source of cluster data, its filters.
-fn explain_context(config: &Config) -> ExplainContext {
+fn explain_context(config: &Config, metrics: &Metrics) -> ExplainContext {
     let k = &config.kubernetes;
     let source = match &config.manifests {
         Some(dir) => format!("manifests {}", dir.display()),
@@ -158,16 +160,18 @@ fn explain_context(config: &Config) -> ExplainContext {
         namespaces: k.namespaces.clone(),
         labels: k.labels.clone(),
         node_search,
+        snapshot_in_use: (config.manifests.is_none() && k.enabled)
+            .then(|| metrics.snapshot_in_use.clone()),
     }
 }
 
 /// The `--trace-name` of `config`, if any.
-fn trace(config: &Config) -> Option<Trace> {
+fn trace(config: &Config, metrics: &Metrics) -> Option<Trace> {
     let name = config.log.trace_name.as_deref()?;
     match Name::from_ascii(name) {
         Ok(name) => Some(Trace {
             name,
-            context: explain_context(config),
+            context: explain_context(config, metrics),
         }),
         Err(error) => {
             warn!(name, %error, "trace name is not a domain name; not tracing");
@@ -294,7 +298,7 @@ async fn serve(args: &ServeArgs, config: Config) -> Result<()> {
         config.server.max_udp_payload,
     ));
     handler.set_query_log(config.log.queries.then_some(config.log.query_sample));
-    handler.set_trace(trace(&config));
+    handler.set_trace(trace(&config, &metrics));
     handler.set_acl(&config.acl);
     {
         let handler = handler.clone();
@@ -345,7 +349,7 @@ async fn serve(args: &ServeArgs, config: Config) -> Result<()> {
             admin_router(Arc::new(AdminState {
                 zone: zone.clone(),
                 handler: handler.clone(),
-                context: explain_context(&config),
+                context: explain_context(&config, &metrics),
             })),
         ),
     ];
@@ -504,7 +508,7 @@ impl Running {
         tasks.spawn(async move { resolver.check_loops().await });
         self.handler
             .set_query_log(new.log.queries.then_some(new.log.query_sample));
-        self.handler.set_trace(trace(&new));
+        self.handler.set_trace(trace(&new, &self.metrics));
         self.handler.set_acl(&new.acl);
 
         let restart = reload::needs_restart(&self.config, &new);

@@ -38,6 +38,9 @@ pub struct ExplainContext {
     /// the `search` line of the server's own resolv.conf (it runs with `dnsPolicy: Default`,
     /// so that is the node's), without domains under the cluster zone.
     pub node_search: Vec<String>,
+    /// `clusterdns_snapshot_in_use`: 1 while the Kubernetes source serves its last-good
+    /// snapshot (the API unreachable); `None` without the Kubernetes source.
+    pub snapshot_in_use: Option<prometheus::IntGauge>,
 }
 
 /// The explanation of one question (`clusterdns explain NAME [TYPE] --json`).
@@ -391,8 +394,17 @@ fn is_reverse(name: &Name) -> bool {
 
 fn freshness(zone: &Zone, context: &ExplainContext) -> DataFreshness {
     let last = zone.last_change_unix();
+    let snapshot = context
+        .snapshot_in_use
+        .as_ref()
+        .is_some_and(|gauge| gauge.get() != 0);
     DataFreshness {
-        source: if context.source.is_empty() {
+        source: if snapshot {
+            format!(
+                "{}: SERVING THE LAST-GOOD SNAPSHOT, the API has not synced yet",
+                context.source
+            )
+        } else if context.source.is_empty() {
             "none".into()
         } else {
             context.source.clone()
@@ -762,7 +774,16 @@ pub fn render_search(s: &SearchExplanation) -> String {
         );
     }
     if s.answered_by.is_none() {
-        let _ = writeln!(out, "  no candidate answered");
+        let unknown = s.queries.last().is_some_and(|q| q.rcode.is_none());
+        let _ = writeln!(
+            out,
+            "  {}",
+            if unknown {
+                "the search ends at a question only an upstream can answer (use --resolve to ask)"
+            } else {
+                "no candidate answered"
+            }
+        );
     }
     for advice in &s.advice {
         let _ = writeln!(out, "advice: {advice}");
