@@ -8,18 +8,18 @@
 //! The answer explained is [`Zone::lookup`]'s own, taken under the writer's lock so the
 //! provenance read next to it is of the same state: an explanation can never disagree with
 //! what a client gets. Nothing here changes the zone. Finding the object behind a record
-//! scans the Services for the record's owner: O(Services) per explanation, an admin request,
-//! so the query path keeps no reverse map for it.
+//! walks the Services once per owner in the answer: O(Services) per explanation, an admin
+//! request, so the writer keeps no reverse map (memory) for it.
 
 use super::name::dashed_ip;
 use super::records::{Exclusion, ServiceShape, endpoint_exclusion};
-use super::{Lookup, STATIC_OWNER, ServiceEntry, WriterState, Zone};
+use super::{Lookup, OwnerId, STATIC_OWNER, ServiceEntry, WriterState, Zone};
 use crate::config::PodMode;
 use crate::source::ObjectOrigin;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 /// The object that produced a record (or a name), as `--json` shows it.
@@ -212,12 +212,15 @@ impl Zone {
             types_present: Vec::new(),
             notes: Vec::new(),
         };
+        // Owner id -> Service, filled as records need it: one walk of the Services per owner
+        // (a headless answer has many records and one owner).
+        let mut owners: HashMap<OwnerId, Option<(String, String)>> = HashMap::new();
         let (rcode, empty, external) = match &out.lookup {
             Lookup::Answer(answer) => {
                 out.answer_sources = answer
                     .answers
                     .iter()
-                    .map(|r| self.provenance(&state, r))
+                    .map(|r| self.provenance(&state, r, &mut owners))
                     .collect();
                 (
                     answer.rcode,
@@ -329,7 +332,12 @@ impl Zone {
     }
 
     /// The object behind one answer record.
-    fn provenance(&self, state: &WriterState, record: &Record) -> Option<Provenance> {
+    fn provenance(
+        &self,
+        state: &WriterState,
+        record: &Record,
+        owners: &mut HashMap<OwnerId, Option<(String, String)>>,
+    ) -> Option<Provenance> {
         if record.record_type() == RecordType::SOA {
             return Some(Provenance::zone("the zone's SOA"));
         }
@@ -350,12 +358,17 @@ impl Zone {
         if owner == STATIC_OWNER {
             return Some(Provenance::zone("a record every cluster zone has"));
         }
-        if let Some(((namespace, service), entry)) =
-            state.services.iter().find(|(_, e)| e.owner == owner)
+        let service_id = owners.entry(owner).or_insert_with(|| {
+            state
+                .services
+                .iter()
+                .find(|(_, e)| e.owner == owner)
+                .map(|(id, _)| id.clone())
+        });
+        if let Some(id) = service_id
+            && let Some(entry) = state.services.get(id)
         {
-            return Some(service_record_source(
-                state, namespace, service, entry, record,
-            ));
+            return Some(service_record_source(state, &id.0, &id.1, entry, record));
         }
         state
             .namespaces
