@@ -148,6 +148,7 @@ fn explain_context(config: &Config, metrics: &Metrics) -> ExplainContext {
         },
         None => "none".to_string(),
     };
+    let api = config.manifests.is_none() && k.enabled;
     let zone_suffix = format!(".{}", config.zone);
     let node_search = resolv_conf::read(&config.resolv_conf)
         .map(|r| r.search)
@@ -160,8 +161,25 @@ fn explain_context(config: &Config, metrics: &Metrics) -> ExplainContext {
         namespaces: k.namespaces.clone(),
         labels: k.labels.clone(),
         node_search,
-        snapshot_in_use: (config.manifests.is_none() && k.enabled)
-            .then(|| metrics.snapshot_in_use.clone()),
+        snapshot_in_use: api.then(|| metrics.snapshot_in_use.clone()),
+        api_watches: if api {
+            let mut kinds = vec!["Service", "EndpointSlice", "Namespace"];
+            if config.pods == PodMode::Verified {
+                kinds.push("Pod");
+            }
+            kinds
+                .into_iter()
+                .map(|kind| {
+                    (
+                        kind.to_string(),
+                        metrics.source_synced.with_label_values(&[kind]),
+                        metrics.source_last_sync.with_label_values(&[kind]),
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
     }
 }
 

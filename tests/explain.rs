@@ -179,6 +179,11 @@ fn a_clusterip_service_is_explained_with_the_service_that_produced_it() {
     );
     assert!(e["excluded"].as_array().expect("excluded").is_empty());
     assert_eq!(e["data"]["synced"], true);
+    assert_eq!(
+        e["data"]["api_watches"],
+        serde_json::json!([]),
+        "not the API source"
+    );
     assert!(
         e["data"]["source"]
             .as_str()
@@ -648,6 +653,7 @@ fn the_json_shape_has_exactly_the_documented_fields() {
     assert_eq!(
         keys(&e["data"]),
         [
+            "api_watches",
             "last_change_unix",
             "seconds_since_change",
             "serial",
@@ -753,4 +759,92 @@ fn explain_without_a_server_says_how_to_reach_one() {
         "{stderr}"
     );
     assert!(stderr.contains("--admin-listen"), "{stderr}");
+}
+
+#[test]
+fn from_the_kubernetes_api_records_carry_resource_versions_and_filters_are_named() {
+    use support::fakeapi::{self, FakeApi};
+    let api = FakeApi::start();
+    let mut hidden = fakeapi::service("shop", "hidden", "192.0.2.70");
+    hidden["metadata"]["labels"]["tier"] = "internal".into();
+    api.apply_all([
+        fakeapi::namespace("shop"),
+        fakeapi::namespace("other"),
+        fakeapi::service("shop", "cart", "192.0.2.71"),
+        hidden,
+        fakeapi::service("other", "x", "192.0.2.72"),
+    ]);
+    let server = Server::kubernetes(
+        &api,
+        &["--namespaces", "shop", "--labels", "tier!=internal"],
+    );
+    assert!(
+        support::eventually(Duration::from_secs(15), || support::http_get(
+            server.ready,
+            "/ready"
+        )
+        .0 == 200),
+        "never ready; log:\n{}",
+        server.log()
+    );
+    let url = admin_url(&server);
+    let json = |args: &[&str]| -> Value {
+        serde_json::from_str(&explain_cli(&url, args, true)).expect("JSON")
+    };
+
+    let e = json(&["cart.shop.svc.cluster.local"]);
+    assert_eq!(e["rcode"], "NOERROR");
+    let source = &e["answers"][0]["source"];
+    assert_eq!(source["kind"], "Service");
+    assert_eq!(source["file"], Value::Null, "not from a manifest");
+    let version = source["resource_version"]
+        .as_str()
+        .expect("resourceVersion");
+    assert!(version.parse::<u64>().is_ok(), "{version}");
+    assert!(
+        e["data"]["source"]
+            .as_str()
+            .expect("source")
+            .starts_with("kubernetes API"),
+        "{e:#}"
+    );
+    assert!(
+        support::eventually(Duration::from_secs(10), || {
+            let e = json(&["cart.shop.svc.cluster.local"]);
+            e["data"]["api_watches"]
+                .as_array()
+                .is_some_and(|w| w.iter().all(|w| w["synced"] == true))
+        }),
+        "the watches never show in sync: {:#}",
+        e["data"]
+    );
+    let e = json(&["cart.shop.svc.cluster.local"]);
+    let watches = e["data"]["api_watches"].as_array().expect("watches");
+    let kinds: Vec<&str> = watches
+        .iter()
+        .map(|w| w["kind"].as_str().expect("kind"))
+        .collect();
+    assert_eq!(kinds, ["Service", "EndpointSlice", "Namespace"]);
+    for watch in watches {
+        let at = watch["last_sync_unix"].as_u64().expect("last sync");
+        assert!(at <= unix_now() && at + 60 > unix_now(), "{watch}");
+    }
+
+    let e = json(&["x.other.svc.cluster.local"]);
+    assert_eq!(e["rcode"], "NXDOMAIN");
+    assert_eq!(e["nxdomain"]["expected"], "namespace");
+    assert!(
+        strings(&e["notes"])
+            .join("\n")
+            .contains("namespace 'other' is not served: kubernetes.namespaces = [shop]"),
+        "{e:#}"
+    );
+    let e = json(&["hidden.shop.svc.cluster.local"]);
+    assert_eq!(e["nxdomain"]["expected"], "service");
+    assert!(
+        strings(&e["notes"])
+            .join("\n")
+            .contains("label selector 'tier!=internal'"),
+        "{e:#}"
+    );
 }

@@ -41,6 +41,9 @@ pub struct ExplainContext {
     /// `clusterdns_snapshot_in_use`: 1 while the Kubernetes source serves its last-good
     /// snapshot (the API unreachable); `None` without the Kubernetes source.
     pub snapshot_in_use: Option<prometheus::IntGauge>,
+    /// Per kind the Kubernetes source watches: `clusterdns_source_synced` and
+    /// `clusterdns_source_last_sync_timestamp_seconds` (empty without that source).
+    pub api_watches: Vec<(String, prometheus::IntGauge, prometheus::Gauge)>,
 }
 
 /// The explanation of one question (`clusterdns explain NAME [TYPE] --json`).
@@ -154,6 +157,21 @@ pub struct DataFreshness {
     pub last_change_unix: Option<u64>,
     /// Seconds since then.
     pub seconds_since_change: Option<u64>,
+    /// The Kubernetes API source's watches, one per kind (empty for other sources).
+    pub api_watches: Vec<ApiWatch>,
+}
+
+/// One watch of the Kubernetes API source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiWatch {
+    /// `Service`, `EndpointSlice`, `Namespace` or `Pod`.
+    pub kind: String,
+    /// Listed and healthy now.
+    pub synced: bool,
+    /// When its data was last known in sync (seconds since the Unix epoch); `null`: never.
+    pub last_sync_unix: Option<u64>,
+    /// Seconds since then.
+    pub seconds_since_sync: Option<u64>,
 }
 
 /// The questions a pod's resolver sends for a name (`--search NS`), in order, with answers.
@@ -413,6 +431,19 @@ fn freshness(zone: &Zone, context: &ExplainContext) -> DataFreshness {
         serial: zone.serial(),
         last_change_unix: last,
         seconds_since_change: last.map(|at| unix_now().saturating_sub(at)),
+        api_watches: context
+            .api_watches
+            .iter()
+            .map(|(kind, synced, last)| {
+                let at = Some(last.get()).filter(|t| *t > 0.0).map(|t| t as u64);
+                ApiWatch {
+                    kind: kind.clone(),
+                    synced: synced.get() != 0,
+                    last_sync_unix: at,
+                    seconds_since_sync: at.map(|at| unix_now().saturating_sub(at)),
+                }
+            })
+            .collect(),
     }
 }
 
@@ -742,6 +773,22 @@ pub fn render(e: &Explanation) -> String {
             .map(|s| format!(", last change {s} s ago"))
             .unwrap_or_default()
     );
+    for watch in &d.api_watches {
+        let _ = writeln!(
+            out,
+            "  watch {}: {}{}",
+            watch.kind,
+            if watch.synced {
+                "in sync"
+            } else {
+                "NOT in sync"
+            },
+            watch
+                .seconds_since_sync
+                .map(|s| format!(", last known in sync {s} s ago"))
+                .unwrap_or_else(|| ", never in sync".to_string())
+        );
+    }
     out
 }
 
