@@ -45,6 +45,15 @@ spec:
   - name: pg
     port: 5432
 ---
+apiVersion: v1
+kind: Service
+metadata:
+  name: ext
+  namespace: shop
+spec:
+  type: ExternalName
+  externalName: www.example.org
+---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
@@ -418,6 +427,55 @@ fn an_upstream_name_not_in_cache_is_not_resolved_unless_asked_to() {
         "api.example.org. 300 IN A 203.0.113.53"
     );
     assert_eq!(upstream.count(), 1, "--resolve asks the upstream once");
+}
+
+#[test]
+fn an_external_name_shows_its_cname_and_the_upstream_path_of_the_target() {
+    let upstream = FakeUpstream::start(UpstreamMode::Answer);
+    let shop = Shop::start(Some(upstream.addr), &[]);
+    let e = shop.explain_json(&["ext.shop.svc.cluster.local"]);
+    assert_eq!(e["path"], "zone");
+    assert_eq!(
+        e["answers"][0]["record"],
+        "ext.shop.svc.cluster.local. 5 IN CNAME www.example.org."
+    );
+    assert_eq!(e["answers"][0]["source"]["name"], "ext");
+    assert_eq!(e["upstream"]["name"], "www.example.org.");
+    assert_eq!(e["upstream"]["cache"], Value::Null);
+    assert!(
+        strings(&e["notes"])
+            .join("\n")
+            .contains("the CNAME chain leaves the zone at www.example.org."),
+        "{e:#}"
+    );
+    assert_eq!(upstream.count(), 0);
+
+    let e = shop.explain_json(&["ext.shop.svc.cluster.local", "--resolve"]);
+    assert_eq!(e["rcode"], "NOERROR");
+    let records: Vec<&str> = e["answers"]
+        .as_array()
+        .expect("answers")
+        .iter()
+        .map(|a| a["record"].as_str().expect("record"))
+        .collect();
+    assert_eq!(
+        records,
+        [
+            "ext.shop.svc.cluster.local. 5 IN CNAME www.example.org.",
+            "www.example.org. 300 IN A 203.0.113.53"
+        ]
+    );
+    assert_eq!(e["upstream"]["resolved"], true);
+    assert_eq!(upstream.count(), 1);
+    // The same as a client gets.
+    let dns = shop
+        .server
+        .udp(&query("ext.shop.svc.cluster.local.", RecordType::A));
+    assert_eq!(dns.answers.len(), 2);
+    assert_eq!(
+        support::rdata(&dns.answers, RecordType::A),
+        ["203.0.113.53"]
+    );
 }
 
 #[test]

@@ -344,8 +344,10 @@ pub fn explain(
     out
 }
 
-/// As [`explain`], and with `--resolve` a name the upstream path answers is resolved through
-/// it (cache, then upstreams, as a client's query would: that may fill the cache).
+/// As [`explain`], and with `--resolve` a name the upstream path answers (or the target of
+/// a CNAME chain leaving the zone) is resolved through it: cache, then upstreams, as a
+/// client's query would, so that may fill the cache. The chain's answer is appended to the
+/// zone's part with the upstream's rcode, as the handler does.
 pub async fn explain_resolving(
     zone: &Zone,
     resolver: &std::sync::Arc<Resolver>,
@@ -354,30 +356,40 @@ pub async fn explain_resolving(
     qtype: RecordType,
 ) -> Explanation {
     let mut out = explain(zone, resolver, context, name, qtype);
-    if out.path != "upstream" {
-        return out;
-    }
+    let chain = out.path == "zone";
+    let target = match (&out.upstream, chain) {
+        (Some(path), true) => match Name::from_ascii(&path.name) {
+            Ok(target) => target,
+            Err(_) => return out,
+        },
+        (_, false) if out.path == "upstream" => fully_qualified(name),
+        _ => return out,
+    };
     let mut query = Message::query();
     query.metadata.recursion_desired = true;
-    query.add_query(Query::query(fully_qualified(name), qtype));
+    query.add_query(Query::query(target, qtype));
     match resolver.resolve(&query).await {
         Ok(answer) => {
             out.rcode = Some(rcode_text(answer.answer.rcode));
-            out.answers = answer
-                .answer
-                .answers
-                .iter()
-                .map(|record| ExplainedRecord {
-                    record: zone_file_line(record),
-                    source: None,
-                })
-                .collect();
-            out.authority = answer
-                .answer
-                .authorities
-                .iter()
-                .map(zone_file_line)
-                .collect();
+            let records = answer.answer.answers.iter().map(|record| ExplainedRecord {
+                record: zone_file_line(record),
+                source: None,
+            });
+            if chain {
+                out.answers.extend(records);
+            } else {
+                out.answers = records.collect();
+            }
+            // As the handler's chain: the upstream's authority replaces the zone's when the
+            // chain ends negative.
+            if !chain || answer.answer.rcode != ResponseCode::NoError || out.answers.len() <= 1 {
+                out.authority = answer
+                    .answer
+                    .authorities
+                    .iter()
+                    .map(zone_file_line)
+                    .collect();
+            }
             if let Some(path) = out.upstream.as_mut() {
                 path.resolved = true;
                 path.served_from = Some(answer.served.label().to_string());
