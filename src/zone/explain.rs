@@ -837,6 +837,31 @@ mod tests {
     }
 
     #[test]
+    fn the_same_version_delivered_again_keeps_its_change_time() {
+        let origin = |version: Option<&str>, changed| ObjectOrigin {
+            resource_version: version.map(Into::into),
+            file: None,
+            changed,
+        };
+        let keep = super::super::keep_change_time;
+        assert_eq!(
+            keep(Some(origin(Some("5"), 100)), Some(origin(Some("5"), 200))),
+            Some(origin(Some("5"), 100)),
+            "a relist is no change"
+        );
+        assert_eq!(
+            keep(Some(origin(Some("5"), 100)), Some(origin(Some("6"), 200))),
+            Some(origin(Some("6"), 200))
+        );
+        assert_eq!(
+            keep(Some(origin(None, 100)), Some(origin(None, 200))),
+            Some(origin(None, 200)),
+            "without versions every delivery is a change (manifests only send changes)"
+        );
+        assert_eq!(keep(Some(origin(Some("5"), 100)), None), None);
+    }
+
+    #[test]
     fn slice_info_reports_what_it_drops_and_why() {
         let fqdn = slice_info(json!({"addressType": "FQDN", "endpoints": [
             {"addresses": ["db.example.org"]}, {"addresses": ["cache.example.org"]}]}));

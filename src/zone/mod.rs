@@ -717,7 +717,7 @@ impl Zone {
             .entry(id.clone())
             .or_insert_with(|| ServiceEntry::new(owner));
         entry.info = info;
-        entry.origin = origin;
+        entry.origin = keep_change_time(entry.origin.take(), origin);
         self.republish(state, &id, Instant::now());
         if was_present != is_present {
             let delta: isize = if is_present { 1 } else { -1 };
@@ -738,9 +738,13 @@ impl Zone {
         let slice_id = (key.namespace.clone(), key.name.clone());
         let new_service = info.as_ref().map(|(s, _)| s.service.clone());
         let old = match info {
-            Some((info, origin)) => state
-                .slices
-                .insert(slice_id.clone(), SliceEntry { info, origin }),
+            Some((info, origin)) => {
+                let old = state.slices.get(&slice_id).map(|e| e.origin.clone());
+                let origin = keep_change_time(old, Some(origin)).unwrap_or_default();
+                state
+                    .slices
+                    .insert(slice_id.clone(), SliceEntry { info, origin })
+            }
             None => state.slices.remove(&slice_id),
         }
         .map(|entry| entry.info);
@@ -992,7 +996,7 @@ impl Zone {
     ) {
         let entry = state.namespaces.entry(namespace.to_string()).or_default();
         entry.explicit = origin.is_some();
-        entry.origin = origin;
+        entry.origin = keep_change_time(entry.origin.take(), origin);
         self.sync_namespace(state, namespace);
     }
 
@@ -1057,6 +1061,19 @@ fn cname_target(node: &Node) -> Option<Name> {
         RData::CNAME(c) => Some(c.0.clone()),
         _ => None,
     })
+}
+
+/// A re-delivery of the same version of an object (a relist, a resumed watch) is no change:
+/// it keeps the time the version was first applied, so explanations say when it changed.
+fn keep_change_time(old: Option<ObjectOrigin>, new: Option<ObjectOrigin>) -> Option<ObjectOrigin> {
+    let mut new = new?;
+    if let Some(old) = old
+        && old.resource_version.is_some()
+        && old.resource_version == new.resource_version
+    {
+        new.changed = old.changed;
+    }
+    Some(new)
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
