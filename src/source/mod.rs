@@ -159,8 +159,9 @@ pub const MANIFEST_FILE_ANNOTATION: &str = "clusterdns.io/manifest-file";
 pub struct ObjectOrigin {
     /// `metadata.resourceVersion`, if the object has one.
     pub resource_version: Option<Box<str>>,
-    /// The manifest file that defines it (manifest source only).
-    pub file: Option<Box<str>>,
+    /// The manifest file that defines it (manifest source only). Shared: the zone keeps one
+    /// copy of each path however many objects the file defines.
+    pub file: Option<std::sync::Arc<str>>,
     /// When the zone applied this version (seconds since the Unix epoch).
     pub changed: u64,
 }

@@ -188,9 +188,22 @@ struct WriterState {
     /// When lingering endpoints of which Service end their grace, oldest first. The grace is a
     /// constant, so appending keeps the queue in order and expiry only looks at its front.
     expiries: VecDeque<(Instant, (String, String))>,
+    /// The manifest paths objects came from, one copy each (a file defines many objects).
+    files: HashSet<Arc<str>>,
 }
 
 impl WriterState {
+    /// The shared copy of a manifest path.
+    fn intern_file(&mut self, file: Arc<str>) -> Arc<str> {
+        match self.files.get(&file) {
+            Some(shared) => shared.clone(),
+            None => {
+                self.files.insert(file.clone());
+                file
+            }
+        }
+    }
+
     fn new_owner(&mut self) -> OwnerId {
         self.next_owner += 1;
         self.next_owner
@@ -659,8 +672,11 @@ impl Zone {
                     self.reject(key.kind, &key, Rejection::InvalidName);
                     return;
                 }
-                let origin = object.origin(now);
+                let mut origin = object.origin(now);
                 let mut state = self.lock();
+                if let Some(file) = origin.file.take() {
+                    origin.file = Some(state.intern_file(file));
+                }
                 match object {
                     ClusterObject::Service(service) => match records::service_info(&service) {
                         Ok(info) => self.set_service(&mut state, &key, Some((info, origin))),
