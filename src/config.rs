@@ -114,6 +114,62 @@ pub struct AclConfig {
     /// use: loopback, RFC 1918, RFC 6598 (carrier-grade NAT), link-local, and the IPv6
     /// loopback, unique-local and link-local ranges.
     pub recursion: Vec<ipnet::IpNet>,
+    /// `[acl.rate_limit]`: answers per second per client network over UDP. Off by default.
+    pub rate_limit: RateLimitConfig,
+}
+
+/// The `[acl.rate_limit]` table: response rate limiting for a server exposed beyond the
+/// cluster (names and defaults as BIND's RRL). Off by default: cluster clients are trusted.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// UDP answers per second per client network, with one second of burst; 0 turns rate
+    /// limiting off.
+    pub responses_per_second: u32,
+    /// Of the answers over the limit, every `slip`-th goes out truncated (TC) so a real
+    /// client retries over TCP; the others are dropped. 0: drop all; 1: truncate all.
+    #[serde(deserialize_with = "de_slip")]
+    pub slip: u32,
+    /// The IPv4 client network one bucket counts (prefix length).
+    #[serde(deserialize_with = "de_ipv4_prefix")]
+    pub ipv4_prefix: u8,
+    /// The IPv6 client network one bucket counts (prefix length).
+    #[serde(deserialize_with = "de_ipv6_prefix")]
+    pub ipv6_prefix: u8,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> RateLimitConfig {
+        RateLimitConfig {
+            responses_per_second: 0,
+            slip: 2,
+            ipv4_prefix: 24,
+            ipv6_prefix: 56,
+        }
+    }
+}
+
+fn de_bounded<'de, D: Deserializer<'de>>(d: D, what: &str, max: i64) -> Result<i64, D::Error> {
+    let n = i64::deserialize(d)?;
+    if !(0..=max).contains(&n) {
+        return Err(de::Error::custom(format!(
+            "invalid {what} {n}: must be between 0 and {max}"
+        )));
+    }
+    Ok(n)
+}
+
+fn de_slip<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    // BIND's limit: beyond 10 a slip barely differs from dropping everything.
+    de_bounded(d, "slip", 10).map(|n| n as u32)
+}
+
+fn de_ipv4_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    de_bounded(d, "ipv4_prefix", 32).map(|n| n as u8)
+}
+
+fn de_ipv6_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    de_bounded(d, "ipv6_prefix", 128).map(|n| n as u8)
 }
 
 impl Default for AclConfig {
@@ -132,6 +188,7 @@ impl Default for AclConfig {
                 "fc00::/7",
                 "fe80::/10",
             ]),
+            rate_limit: RateLimitConfig::default(),
         }
     }
 }
@@ -777,6 +834,16 @@ impl Config {
         };
         let _ = writeln!(out, "clients allowed:   {}", nets(&self.acl.allow));
         let _ = writeln!(out, "forwarding for:    {}", nets(&self.acl.recursion));
+        let limit = &self.acl.rate_limit;
+        let _ = if limit.responses_per_second == 0 {
+            writeln!(out, "rate limit:        off")
+        } else {
+            writeln!(
+                out,
+                "rate limit:        {}/s per /{} (IPv4) or /{} (IPv6) over UDP, slip {}",
+                limit.responses_per_second, limit.ipv4_prefix, limit.ipv6_prefix, limit.slip
+            )
+        };
         let _ = writeln!(out, "metrics listen:    {}", http(self.metrics_listen));
         let _ = writeln!(out, "health listen:     {}", http(self.health_listen));
         let _ = writeln!(out, "ready listen:      {}", http(self.ready_listen));
@@ -1637,6 +1704,15 @@ deadline = "3s"
         assert_error_at("[server]\nmax_udp_payload = 9000\n", 2, "max_udp_payload");
         assert_error_at("[server]\nmax_tcp_connections = 0\n", 2, "at least 1");
         assert_error_at("ttl = \"5\"\n", 1, "");
+        assert_error_at(
+            "[acl.rate_limit]\nresponses_per_second = 10\nipv4_prefix = 33\n",
+            3,
+            "invalid ipv4_prefix 33: must be between 0 and 32",
+        );
+        assert_error_at("[acl.rate_limit]\nipv6_prefix = 129\n", 2, "ipv6_prefix");
+        assert_error_at("[acl.rate_limit]\nslip = 11\n", 2, "slip");
+        assert_error_at("[acl.rate_limit]\nresponses_per_second = -1\n", 2, "");
+        assert_error_at("[acl.rate_limit]\nburst = 3\n", 2, "burst");
     }
 
     #[test]

@@ -73,7 +73,11 @@ fn main() -> ExitCode {
         Command::ImportKubeDns { file } => clusterdns::ops::import::main(&file),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
-                println!("{}: OK\n{}", file.display(), config.describe());
+                clusterdns::ops::print_report(&format!(
+                    "{}: OK\n{}\n",
+                    file.display(),
+                    config.describe()
+                ));
                 ExitCode::SUCCESS
             }
             Err(error) => {
@@ -234,8 +238,17 @@ async fn serve(args: &ServeArgs, config: Config) -> Result<()> {
         warn!("{warning}");
     }
     let metrics = Arc::new(Metrics::new());
-    if let Some(first) = config.listen.first() {
-        metrics.set_server_label(*first);
+    // Bound before anything else is built: the cache's metrics carry the `server` label of
+    // the first listener as bound (the same label its request metrics get, real port
+    // included), and a port already taken stops startup before any source work.
+    let mut bound_listeners = Vec::new();
+    for addr in &config.listen {
+        let listener = clusterdns::server::bind(*addr, &config.server)
+            .with_context(|| format!("cannot listen on {addr} (UDP and TCP)"))?;
+        bound_listeners.push((*addr, listener));
+    }
+    if let Some((_, first)) = bound_listeners.first() {
+        metrics.set_server_label(first.local_addr());
     }
     let origin = Name::from_ascii(format!("{}.", config.zone))
         .with_context(|| format!("zone {:?} is not a domain name", config.zone))?;
@@ -326,10 +339,15 @@ async fn serve(args: &ServeArgs, config: Config) -> Result<()> {
 
     // DNS stops after lameduck; HTTP and the sources only after that.
     let mut listeners = Vec::new();
-    for addr in &config.listen {
-        let listener =
-            RunningListener::start(*addr, handler.clone(), metrics.clone(), &config.server)
-                .with_context(|| format!("cannot listen on {addr} (UDP and TCP)"))?;
+    for (addr, bound) in bound_listeners {
+        let listener = RunningListener::serve(
+            addr,
+            bound,
+            handler.clone(),
+            metrics.clone(),
+            &config.server,
+        )
+        .with_context(|| format!("cannot serve DNS on {addr}"))?;
         listeners.push(listener);
     }
 
@@ -377,8 +395,12 @@ async fn serve(args: &ServeArgs, config: Config) -> Result<()> {
         let listener = http::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} for {kind}"))?;
-        http_bound.push((kind, listener.local_addr()?));
+        let bound = listener.local_addr()?;
+        http_bound.push((kind, bound));
         tasks.spawn(http::serve(listener, router, cancel.clone()));
+        if kind == "health" {
+            tasks.spawn(http::probe_health(bound, metrics.clone(), cancel.clone()));
+        }
     }
 
     // Signals and the config file are watched before we say we are up: no SIGTERM, SIGHUP

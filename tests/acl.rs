@@ -135,3 +135,106 @@ fn a_bad_network_in_the_acl_is_a_config_error_with_its_line() {
         "{stderr}"
     );
 }
+
+/// Sends `count` questions for `name` at once from `socket` and collects every answer that
+/// comes back before 500 ms of silence: (answers with records, truncated answers).
+fn burst(
+    socket: &std::net::UdpSocket,
+    server: &Server,
+    name: &str,
+    count: u16,
+) -> (usize, Vec<(Vec<u8>, hickory_proto::op::Message)>) {
+    let mut sizes = std::collections::HashMap::new();
+    for id in 0..count {
+        let mut q = query(name, RecordType::A);
+        q.metadata.id = id;
+        let bytes = q.to_vec().expect("encode");
+        sizes.insert(id, bytes.len());
+        socket.send_to(&bytes, server.dns).expect("send");
+    }
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .expect("timeout");
+    let (mut full, mut slipped) = (0, Vec::new());
+    let mut buf = [0u8; 4096];
+    while let Ok((len, _)) = socket.recv_from(&mut buf) {
+        let answer = hickory_proto::op::Message::from_vec(&buf[..len]).expect("parses");
+        assert!(
+            sizes.contains_key(&answer.metadata.id),
+            "echoes one of our ids"
+        );
+        if answer.metadata.truncation {
+            slipped.push((buf[..len].to_vec(), answer));
+        } else {
+            assert_eq!(answer.answers.len(), 1);
+            full += 1;
+        }
+    }
+    (full, slipped)
+}
+
+#[test]
+fn rate_limit_drops_and_slips_udp_per_client_network_and_leaves_tcp_alone() {
+    let upstream = FakeUpstream::start(UpstreamMode::Answer);
+    let (server, _dir) = with_config(
+        &upstream,
+        "[acl.rate_limit]\nresponses_per_second = 5\nslip = 2\nipv4_prefix = 32\n",
+    );
+    let name = "kubernetes.default.svc.cluster.local.";
+    let flooder = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let (full, slipped) = burst(&flooder, &server, name, 40);
+    // One second of burst (5), plus what refills while the 40 arrive (well under a second).
+    assert!((5..=7).contains(&full), "{full} full answers");
+    let limited = 40 - full;
+    assert!(
+        slipped.len() + 2 >= limited / 2 && slipped.len() <= limited / 2 + 1,
+        "every second limited answer slips: {} of {limited}",
+        slipped.len()
+    );
+    for (bytes, answer) in &slipped {
+        assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+        assert!(answer.answers.is_empty() && answer.authorities.is_empty());
+        assert!(answer.additionals.is_empty());
+        assert_eq!(answer.queries.len(), 1);
+        assert_eq!(answer.queries[0].name().to_ascii(), name);
+        // No larger than the question: useless for amplification.
+        assert!(bytes.len() <= query(name, RecordType::A).to_vec().expect("encode").len());
+    }
+    assert_eq!(
+        server.metric("clusterdns_rate_limited_total", "action=\"slip\""),
+        slipped.len() as f64
+    );
+    assert_eq!(
+        server.metric("clusterdns_rate_limited_total", "action=\"drop\""),
+        (limited - slipped.len()) as f64
+    );
+
+    // Another client network is not affected, nor is TCP from the limited client.
+    let other = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let (other_full, other_slipped) = burst(&other, &server, name, 3);
+    assert_eq!((other_full, other_slipped.len()), (3, 0));
+    let answer = server.tcp(&query(name, RecordType::A));
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(answer.answers.len(), 1);
+    assert!(!answer.metadata.truncation);
+
+    // A second later the limited client's bucket is full again.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (full, slipped) = burst(&flooder, &server, name, 5);
+    assert_eq!((full, slipped.len()), (5, 0));
+}
+
+#[test]
+fn rate_limit_is_off_by_default() {
+    let upstream = FakeUpstream::start(UpstreamMode::Answer);
+    let server = Server::fixtures(Some(upstream.addr));
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let (full, slipped) = burst(
+        &socket,
+        &server,
+        "kubernetes.default.svc.cluster.local.",
+        200,
+    );
+    assert_eq!((full, slipped.len()), (200, 0));
+    assert_eq!(server.metric("clusterdns_rate_limited_total", ""), 0.0);
+}

@@ -42,6 +42,45 @@ fn check_config_describes_the_demo_config() {
 }
 
 #[test]
+fn a_reader_that_goes_away_ends_the_report_quietly() {
+    // `clusterdns check-config FILE | head -1`: the reader exits first. `println!` would
+    // panic on the broken pipe (exit 101); the report must just stop.
+    use std::io::Read;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let configmap = dir.path().join("kube-dns.yaml");
+    std::fs::write(
+        &configmap,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: kube-dns, namespace: kube-system}\n\
+         data:\n  upstreamNameservers: '[\"10.0.0.2\"]'\n",
+    )
+    .expect("write");
+    let configmap = configmap.to_string_lossy().into_owned();
+    for args in [
+        vec!["check-config", "config/clusterdns.toml"],
+        vec!["import-kube-dns", configmap.as_str()],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_clusterdns"))
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        drop(child.stdout.take()); // the reader is gone before anything is written
+        let status = child.wait().expect("wait");
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut stderr)
+            .expect("read stderr");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_ne!(status.code(), Some(101), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn bad_configs_name_the_file_line_and_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cases = [

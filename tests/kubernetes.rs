@@ -97,6 +97,11 @@ fn before_the_first_list_names_are_servfail_and_not_ready_then_answers_follow() 
         ),
         0.0
     );
+    assert_eq!(
+        server.metric("clusterdns_source_seconds_since_sync", "kind=\"Service\""),
+        -1.0,
+        "never synced"
+    );
     assert!(server.metric("clusterdns_source_errors_total", "kind=\"Service\"") >= 1.0);
 
     api.fail_with(None);
@@ -133,7 +138,10 @@ fn before_the_first_list_names_are_servfail_and_not_ready_then_answers_follow() 
         );
         let last = server.metric("clusterdns_source_last_sync_timestamp_seconds", &labels);
         assert!((unix_now() - last).abs() < 5.0, "{kind}: last sync {last}");
+        let age = server.metric("clusterdns_source_seconds_since_sync", &labels);
+        assert!((0.0..5.0).contains(&age), "{kind}: {age} s since sync");
     }
+
     // Pods are not watched unless pods are verified.
     assert_eq!(api.requests(Kind::Pod, "list"), 0);
     assert_eq!(
@@ -401,6 +409,11 @@ fn with_the_api_down_for_30_s_answers_continue_unchanged_then_the_source_recover
         // Retried with backoff all along (0.8 s doubling: several tries in 30 s, not hundreds).
         let errors = server.metric("clusterdns_source_errors_total", &labels);
         assert!((3.0..=20.0).contains(&errors), "{kind}: {errors} errors");
+        let age = server.metric("clusterdns_source_seconds_since_sync", &labels);
+        assert!(
+            age >= OUTAGE.as_secs_f64() - 2.0,
+            "{kind}: {age} s since sync after the outage"
+        );
     }
 
     api.restart();

@@ -114,8 +114,9 @@ fn cache_and_forward_metrics_have_coredns_labels() {
     server.udp(&query("www.example.org.", RecordType::A));
     let text = server.metrics_text();
     let value = |name: &str, labels: &str| metric_value(&text, name, labels);
-    // The cache is shared by the listeners: `server` is the first configured one.
-    let cache = "server=\"dns://127.0.0.1:0\",zones=\".\",view=\"\"";
+    // The cache is shared by the listeners: `server` is the first one as bound, the label its
+    // request metrics carry too.
+    let cache = &format!("server=\"dns://{}\",zones=\".\",view=\"\"", server.dns);
     assert_eq!(
         value(
             "coredns_cache_hits_total",
@@ -141,5 +142,148 @@ fn cache_and_forward_metrics_have_coredns_labels() {
         value("coredns_proxy_request_duration_seconds_count", &proxy),
         1.0,
         "{text}"
+    );
+}
+
+/// RFC 3339 UTC for a moment `ago` in the past (the EndpointSlice controller's format).
+fn rfc3339_ago(ago: std::time::Duration) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .saturating_sub(ago)
+        .as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+const HEADLESS: &str = "apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: default}
+spec:
+  clusterIP: None
+  ports: [{name: pg, port: 5432}]
+";
+
+fn db_slice(addresses: &[&str], triggered: &str) -> String {
+    let endpoints: String = addresses
+        .iter()
+        .map(|a| format!("- addresses: [\"{a}\"]\n  conditions: {{ready: true}}\n"))
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: db-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: db}}
+  annotations: {{endpoints.kubernetes.io/last-change-trigger-time: \"{triggered}\"}}
+addressType: IPv4
+ports: [{{name: pg, port: 5432, protocol: TCP}}]
+endpoints:
+{endpoints}"
+    )
+}
+
+#[test]
+fn zone_sizes_and_dns_programming_latency() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("db.yaml"), HEADLESS).expect("write");
+    // Present at startup, annotated: its change happened before this server ran, so it is
+    // not a programming latency (CoreDNS does not count the initial list either).
+    std::fs::write(
+        dir.path().join("db-slice.yaml"),
+        db_slice(
+            &["10.1.0.1"],
+            &rfc3339_ago(std::time::Duration::from_secs(3600)),
+        ),
+    )
+    .expect("write");
+    let server = Server::manifests(dir.path(), None, &[]);
+    let kind = "service_kind=\"headless_with_selector\"";
+    let programmed = "coredns_kubernetes_dns_programming_duration_seconds_count";
+    assert_eq!(server.metric(programmed, kind), 0.0);
+    assert_eq!(server.metric("clusterdns_zone_endpoints", ""), 1.0);
+    // Static: apex NS, dns-version TXT. db: A at the service and at the dashed endpoint
+    // name, SRV at the service and at _pg._tcp, PTR of the endpoint.
+    assert_eq!(server.metric("clusterdns_zone_records", ""), 7.0);
+    assert_eq!(server.metric("clusterdns_zone_services", ""), 1.0);
+
+    // The controller triggered this change 4 s ago; it reaches us now.
+    std::fs::write(
+        dir.path().join("db-slice.yaml"),
+        db_slice(
+            &["10.1.0.1", "10.1.0.2"],
+            &rfc3339_ago(std::time::Duration::from_secs(4)),
+        ),
+    )
+    .expect("write");
+    assert!(eventually(std::time::Duration::from_secs(10), || {
+        server
+            .udp(&query("db.default.svc.cluster.local.", RecordType::A))
+            .answers
+            .len()
+            == 2
+    }));
+    assert_eq!(server.metric(programmed, kind), 1.0);
+    let latency = server.metric(
+        "coredns_kubernetes_dns_programming_duration_seconds_sum",
+        kind,
+    );
+    // The annotation has one-second precision: 4 s ago is 4 to 5 s, plus the file watch.
+    assert!((3.0..30.0).contains(&latency), "latency {latency}");
+    assert_eq!(server.metric("clusterdns_zone_endpoints", ""), 2.0);
+    assert_eq!(server.metric("clusterdns_zone_records", ""), 12.0);
+
+    // The same slice written again unchanged (a touch, a relist) is no new change.
+    let same = std::fs::read_to_string(dir.path().join("db-slice.yaml")).expect("read");
+    std::fs::write(dir.path().join("db-slice.yaml"), same).expect("write");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(server.metric(programmed, kind), 1.0);
+
+    // Removing the service and its slice empties the zone back to its static records.
+    std::fs::remove_file(dir.path().join("db-slice.yaml")).expect("rm");
+    std::fs::remove_file(dir.path().join("db.yaml")).expect("rm");
+    assert!(eventually(std::time::Duration::from_secs(10), || {
+        server.metric("clusterdns_zone_records", "") == 2.0
+    }));
+    assert_eq!(server.metric("clusterdns_zone_endpoints", ""), 0.0);
+    assert_eq!(server.metric("clusterdns_zone_services", ""), 0.0);
+}
+
+#[test]
+fn health_endpoint_probes_itself_like_coredns() {
+    let server = Server::fixtures(None);
+    let count = "coredns_health_request_duration_seconds_count";
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || server
+            .metric(count, "")
+            >= 2.0),
+        "{}",
+        server.metrics_text()
+    );
+    assert_eq!(
+        server.metric("coredns_health_request_failures_total", ""),
+        0.0
+    );
+    let text = server.metrics_text();
+    assert!(
+        text.contains("coredns_health_request_duration_seconds_bucket{le=\"0.00025\"}")
+            && text.contains("coredns_health_request_duration_seconds_bucket{le=\"2.5\"}"),
+        "CoreDNS's slim buckets: {text}"
     );
 }

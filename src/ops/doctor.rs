@@ -336,14 +336,14 @@ pub fn main(args: &DoctorArgs) -> ExitCode {
     let checks = run(&config, &Machine::new(&args.root), scope);
     if args.json {
         match serde_json::to_string_pretty(&checks) {
-            Ok(json) => println!("{json}"),
+            Ok(json) => super::print_report(&format!("{json}\n")),
             Err(error) => {
                 eprintln!("cannot encode the report: {error}");
                 return ExitCode::from(2);
             }
         }
     } else {
-        print!("{}", render_table(&checks));
+        super::print_report(&render_table(&checks));
     }
     ExitCode::from(exit_code(&checks))
 }

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// The router of the metrics listener.
 pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
@@ -101,6 +101,66 @@ pub fn ready_router(zone: Arc<Zone>, lifecycle: Arc<Lifecycle>, detail: ReadyDet
             }
         }),
     )
+}
+
+/// How often the server probes its own `/health`, and how long a probe may take (CoreDNS).
+const HEALTH_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+const HEALTH_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Probes this server's own `/health` on `addr` every second, as CoreDNS's `health` plugin
+/// does, into `coredns_health_request_duration_seconds` (and
+/// `coredns_health_request_failures_total` for a probe that fails or times out). A slow probe
+/// means the process is overloaded (CPU throttled, runtime starved) before liveness fails.
+pub async fn probe_health(addr: SocketAddr, metrics: Arc<Metrics>, cancel: CancellationToken) {
+    let target = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+        _ => addr,
+    };
+    let mut ticks = tokio::time::interval(HEALTH_PROBE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let started = std::time::Instant::now();
+        match tokio::time::timeout(HEALTH_PROBE_TIMEOUT, get_health(target)).await {
+            Ok(Ok(())) => metrics
+                .health_duration
+                .observe(started.elapsed().as_secs_f64()),
+            Ok(Err(error)) => {
+                metrics.health_failures.inc();
+                debug!(%target, %error, "health self-probe failed");
+            }
+            Err(_) => {
+                metrics.health_failures.inc();
+                debug!(%target, "health self-probe timed out");
+            }
+        }
+    }
+}
+
+/// One `GET /health`, read to the end of the status line (any status: during lameduck the
+/// answer is 503, and that is the endpoint working).
+async fn get_health(target: SocketAddr) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(target).await?;
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await?;
+    if head.starts_with(b"HTTP/1.") {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not an HTTP response",
+        ))
+    }
 }
 
 /// Binds an HTTP listener (port 0 picks a free port).

@@ -263,7 +263,7 @@ pub fn import_file(path: &Path) -> Result<String, ImportError> {
 pub fn main(path: &Path) -> ExitCode {
     match import_file(path) {
         Ok(toml) => {
-            print!("{toml}");
+            super::print_report(&toml);
             ExitCode::SUCCESS
         }
         Err(error) => {

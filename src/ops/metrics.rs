@@ -26,6 +26,8 @@ pub struct Metrics {
     /// Questions refused by the `[acl]` lists, by reason (`not_allowed`: the client may not
     /// ask at all; `no_recursion`: it may not have names outside the zone forwarded).
     pub acl_refused: IntCounterVec,
+    /// UDP answers over `[acl.rate_limit]`, by `action` (`drop`, `slip`).
+    pub rate_limited: IntCounterVec,
     /// Panics caught on the query path (the packet was dropped, the worker went on).
     pub panics: IntCounter,
     /// Config reloads that failed (the old config kept running).
@@ -55,6 +57,17 @@ pub struct Metrics {
     pub zone_names: IntGaugeVec,
     /// Services currently in the zone.
     pub zone_services: IntGauge,
+    /// Endpoints in the EndpointSlices the zone holds, ready or not.
+    pub zone_endpoints: IntGauge,
+    /// Records in the cluster zone index (static records included).
+    pub zone_records: IntGauge,
+    /// The DNS-programming SLI: from an EndpointSlice change's trigger time to its records
+    /// being served, by `service_kind` (CoreDNS's kubernetes plugin).
+    pub dns_programming_duration: HistogramVec,
+    /// How long this server's own `/health` took to answer its self-probe (CoreDNS `health`).
+    pub health_duration: prometheus::Histogram,
+    /// Self-probes of `/health` that failed or timed out.
+    pub health_failures: IntCounter,
     /// 1 once every source has delivered its initial state.
     pub synced: IntGauge,
     /// Kubernetes API source, by kind: 1 while every watch of that kind has listed and had no
@@ -63,6 +76,9 @@ pub struct Metrics {
     /// Kubernetes API source, by kind: Unix time of the last moment every watch of that kind
     /// was known to be in sync (0 before the first list). `time() - this` is the staleness.
     pub source_last_sync: GaugeVec,
+    /// Seconds since the data of a kind was last known in sync, computed at each scrape from
+    /// [`Metrics::source_last_sync`] (an alert can say "> 300" without `time()` arithmetic).
+    pub source_sync_age: GaugeVec,
     /// Kubernetes API source, by kind: watch or list failures (each retry counts).
     pub source_errors: IntCounterVec,
     /// 1 while the zone serves the last-good snapshot because the API was unreachable at
@@ -190,6 +206,11 @@ impl Metrics {
                 "Questions refused by the access lists, by reason.",
                 &["reason"],
             ),
+            rate_limited: counter_vec(
+                "clusterdns_rate_limited_total",
+                "UDP answers over the per-network rate limit, by action (drop, or slip: sent truncated).",
+                &["action"],
+            ),
             panics: counter(
                 "coredns_panics_total",
                 "A metrics that counts the number of panics.",
@@ -241,6 +262,40 @@ impl Metrics {
                 &["kind"],
             ),
             zone_services: gauge("clusterdns_zone_services", "Services in the cluster zone."),
+            zone_endpoints: gauge(
+                "clusterdns_zone_endpoints",
+                "Endpoints in the EndpointSlices the cluster zone holds (ready or not).",
+            ),
+            zone_records: gauge(
+                "clusterdns_zone_records",
+                "Records in the cluster zone index.",
+            ),
+            dns_programming_duration: histogram_vec(
+                "coredns_kubernetes_dns_programming_duration_seconds",
+                "Histogram of the time (in seconds) it took to program a dns instance.",
+                &["service_kind"],
+                // CoreDNS: from 1 millisecond to ~17 minutes.
+                prometheus::exponential_buckets(0.001, 2.0, 20).unwrap_or_default(),
+            ),
+            health_duration: {
+                let h = prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "coredns_health_request_duration_seconds",
+                        "Histogram of the time (in seconds) each request took.",
+                    )
+                    // CoreDNS's SlimTimeBuckets: 0.25 ms, x10, five buckets.
+                    .buckets(prometheus::exponential_buckets(0.00025, 10.0, 5).unwrap_or_default()),
+                )
+                .expect("static metric definition is valid");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("metric names are unique");
+                h
+            },
+            health_failures: counter(
+                "coredns_health_request_failures_total",
+                "The number of times the health check failed.",
+            ),
             synced: gauge(
                 "clusterdns_synced",
                 "1 once every source has delivered its initial state.",
@@ -255,6 +310,20 @@ impl Metrics {
                     Opts::new(
                         "clusterdns_source_last_sync_timestamp_seconds",
                         "Unix time when the Kubernetes API data of this kind was last known in sync.",
+                    ),
+                    &["kind"],
+                )
+                .expect("static metric definition is valid");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("metric names are unique");
+                g
+            },
+            source_sync_age: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "clusterdns_source_seconds_since_sync",
+                        "Seconds since the Kubernetes API data of this kind was last known in sync (-1: never).",
                     ),
                     &["kind"],
                 )
@@ -370,7 +439,8 @@ impl Metrics {
     }
 
     /// The `server` label of metrics that are not per listener (the cache is shared by every
-    /// listener): `dns://` and the first listen address, like CoreDNS's server block.
+    /// listener): `dns://` and the first listen address as bound, like CoreDNS's server block
+    /// (the same label that listener's request metrics carry).
     pub fn server_label(&self) -> &str {
         self.server.get().map_or("dns://:53", String::as_str)
     }
@@ -387,12 +457,38 @@ impl Metrics {
                 refresh();
             }
         }
+        self.refresh_sync_age();
         use prometheus::Encoder;
         let mut buf = Vec::new();
         let encoder = prometheus::TextEncoder::new();
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = encoder.encode(&self.registry.gather(), &mut buf);
         String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+impl Metrics {
+    fn refresh_sync_age(&self) {
+        use prometheus::core::Collector;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        for family in self.source_last_sync.collect() {
+            for metric in family.get_metric() {
+                let Some(kind) = metric.get_label().iter().find(|l| l.name() == "kind") else {
+                    continue;
+                };
+                let last = metric.get_gauge().get_value();
+                let age = if last > 0.0 {
+                    (now - last).max(0.0)
+                } else {
+                    -1.0
+                };
+                self.source_sync_age
+                    .with_label_values(&[kind.value()])
+                    .set(age);
+            }
+        }
     }
 }
 

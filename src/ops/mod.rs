@@ -14,3 +14,11 @@ pub mod metrics;
 pub mod query_metrics;
 pub mod reload;
 pub mod throttle;
+
+/// Writes a command's report to stdout. A reader that went away (`clusterdns doctor | head`)
+/// ends the output quietly: `println!` would panic on the broken pipe.
+pub fn print_report(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}

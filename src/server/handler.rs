@@ -11,6 +11,7 @@
 //! socket's task, and only a question that needs the upstream becomes a [`Pending`] that the
 //! server runs as a task. The handler owns no socket.
 
+use super::rate_limit::{RateLimiter, Verdict};
 use crate::config::AclConfig;
 use crate::ops::explain::{self, ExplainContext};
 use crate::ops::metrics::Metrics;
@@ -79,8 +80,10 @@ struct Response {
     authorities: Vec<Record>,
     additionals: Vec<Record>,
     origin: AnsweredBy,
-    /// For the query log: `zone`, `upstream`, `cache`, `stale` or `server`.
+    /// For the query log: `zone`, `upstream`, `cache`, `stale`, `server` or `rate_limit`.
     source: &'static str,
+    /// Sent with TC and no records whatever its size (a rate-limited answer that slips).
+    truncated: bool,
 }
 
 impl Response {
@@ -94,6 +97,16 @@ impl Response {
             additionals: Vec::new(),
             origin: AnsweredBy::Server,
             source: "server",
+            truncated: false,
+        }
+    }
+
+    /// A rate-limited answer that slips: TC and nothing else, so the client asks over TCP.
+    fn slipped() -> Response {
+        Response {
+            source: "rate_limit",
+            truncated: true,
+            ..Response::error(ResponseCode::NoError)
         }
     }
 
@@ -109,6 +122,7 @@ impl Response {
             additionals: answer.additionals,
             origin: AnsweredBy::Upstream,
             source: upstream.served.label(),
+            truncated: false,
         }
     }
 
@@ -122,6 +136,7 @@ impl Response {
             additionals: answer.additionals,
             origin: AnsweredBy::Zone,
             source: "zone",
+            truncated: false,
         }
     }
 }
@@ -138,6 +153,8 @@ pub struct Handler {
     query_log: AtomicU64,
     /// Who may ask, and who may have names forwarded; swapped on reload.
     acl: ArcSwap<Acl>,
+    /// `[acl.rate_limit]` (UDP only); `None` when off. Swapped on reload.
+    rate_limit: ArcSwap<Option<RateLimiter>>,
     /// Questions waiting on the upstream path right now (shutdown waits for them).
     in_flight: std::sync::atomic::AtomicUsize,
     /// `--trace-name`: the one name whose queries are logged with their explanation.
@@ -242,6 +259,7 @@ impl Handler {
             max_udp_payload: max_udp_payload.max(MIN_UDP_PAYLOAD),
             query_log: AtomicU64::new(QUERY_LOG_OFF),
             acl: ArcSwap::new(Arc::new(Acl::from(&AclConfig::default()))),
+            rate_limit: ArcSwap::new(Arc::new(None)),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             trace: ArcSwapOption::empty(),
         }
@@ -282,9 +300,18 @@ impl Handler {
         );
     }
 
-    /// Replaces the access lists (config reload).
+    /// Replaces the access lists and the rate limit (config reload). The rate limit's
+    /// buckets start full again only when its settings change.
     pub fn set_acl(&self, acl: &AclConfig) {
         self.acl.store(Arc::new(Acl::from(acl)));
+        let unchanged = match self.rate_limit.load().as_ref() {
+            Some(limiter) => limiter.config() == &acl.rate_limit,
+            None => acl.rate_limit.responses_per_second == 0,
+        };
+        if !unchanged {
+            self.rate_limit
+                .store(Arc::new(RateLimiter::new(&acl.rate_limit, &self.metrics)));
+        }
     }
 
     fn refused_by_acl(&self, reason: &str) {
@@ -329,6 +356,7 @@ impl Handler {
                 AnsweredBy::Server
             },
             source: if ours { "zone" } else { "server" },
+            truncated: false,
         }
     }
 
@@ -451,6 +479,17 @@ impl Handler {
         let query = message.queries[0].clone();
         super::injected_panic(query.name());
         request.query = Some(query.clone());
+        if transport == Transport::Udp
+            && let Some(limiter) = self.rate_limit.load().as_ref()
+        {
+            match limiter.check(peer.ip(), started) {
+                Verdict::Send => {}
+                Verdict::Drop => return Outcome::Drop,
+                Verdict::Slip => {
+                    return Outcome::Reply(self.respond(listener, &request, Response::slipped()));
+                }
+            }
+        }
         if message.edns.as_ref().is_some_and(|e| e.version() > 0) {
             return Outcome::Reply(self.respond(
                 listener,
@@ -651,6 +690,10 @@ impl Handler {
         message.answers = response.answers;
         message.authorities = response.authorities;
         message.additionals = response.additionals;
+        if response.truncated {
+            message.metadata.truncation = true;
+            return encode(&message);
+        }
         let bytes = encode(&message);
         if request.transport == Transport::Udp && bytes.len() > self.udp_limit(request) {
             self.metrics.truncated_responses.inc();

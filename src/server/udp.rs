@@ -1,6 +1,7 @@
 //! UDP workers: each owns one SO_REUSEPORT socket and answers zone queries inline, without a
 //! task per datagram; only questions that need the upstream get a task of their own.
 
+use super::UpstreamAnswer;
 use super::handler::{Handler, Outcome};
 use crate::ops::query_metrics::QueryMetrics;
 use std::net::SocketAddr;
@@ -49,16 +50,18 @@ pub async fn serve(
             Outcome::Reply(bytes) => send(&socket, &bytes, peer).await,
             Outcome::Drop => {}
             Outcome::Upstream(pending) => {
-                let socket = socket.clone();
-                let handler = handler.clone();
-                let listener_metrics = listener_metrics.clone();
-                tokio::spawn(async move {
-                    if let Some(bytes) =
-                        super::finish_caught(&handler, pending, &listener_metrics, peer).await
-                    {
-                        send(&socket, &bytes, peer).await;
+                match super::start_upstream(&handler, pending, &listener_metrics, peer) {
+                    UpstreamAnswer::Ready(Some(bytes)) => send(&socket, &bytes, peer).await,
+                    UpstreamAnswer::Ready(None) => {}
+                    UpstreamAnswer::Waiting(answer) => {
+                        let socket = socket.clone();
+                        tokio::spawn(async move {
+                            if let Some(bytes) = answer.await {
+                                send(&socket, &bytes, peer).await;
+                            }
+                        });
                     }
-                });
+                }
             }
         }
     }

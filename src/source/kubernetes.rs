@@ -176,7 +176,15 @@ struct Keys {
     /// A list completed at least once.
     listed: bool,
     keys: HashMap<ObjectKey, Entry>,
+    /// Objects of the list in progress not yet handed to the sink: a list is applied in
+    /// batches of [`LIST_BATCH`] (`EventSink::handle_batch`), so a Service whose many
+    /// EndpointSlices arrive together is rebuilt once per batch, not once per slice.
+    batch: Vec<SourceEvent>,
 }
+
+/// Objects of a list handed to the sink at once (bounded: whole API objects are held until
+/// then; the watcher's pages are 500).
+const LIST_BATCH: usize = 500;
 
 struct Entry {
     list: u64,
@@ -512,23 +520,28 @@ impl Watch {
         let mut keys = lock(keys);
         match event {
             Event::Init => {
+                // A list cut short (the stream failed mid-list) still delivers what it saw.
+                sink.handle_batch(std::mem::take(&mut keys.batch));
                 keys.list += 1;
                 debug!(watch = %self.what, "listing");
             }
-            Event::InitApply(object) | Event::Apply(object) => {
+            Event::InitApply(object) => {
                 let object = wrap(object);
                 if !self.allows(&object) {
                     return;
                 }
-                if let Some(key) = object.key() {
-                    let json = shared.keep_objects.then(|| encode(&object)).flatten();
-                    if shared.keep_objects && keys.keys.get(&key).is_none_or(|old| old.json != json)
-                    {
-                        shared.dirty.store(true, Ordering::Release);
-                    }
-                    let list = keys.list;
-                    keys.keys.insert(key, Entry { list, json });
+                self.remember(&mut keys, &object);
+                keys.batch.push(SourceEvent::Apply(object));
+                if keys.batch.len() >= LIST_BATCH {
+                    sink.handle_batch(std::mem::take(&mut keys.batch));
                 }
+            }
+            Event::Apply(object) => {
+                let object = wrap(object);
+                if !self.allows(&object) {
+                    return;
+                }
+                self.remember(&mut keys, &object);
                 // An object without a name is counted and skipped by the zone.
                 sink.handle(SourceEvent::Apply(object));
             }
@@ -542,6 +555,7 @@ impl Watch {
                 }
             }
             Event::InitDone => {
+                sink.handle_batch(std::mem::take(&mut keys.batch));
                 let current = keys.list;
                 let mut deleted = 0usize;
                 keys.keys.retain(|key, entry| {
@@ -562,6 +576,20 @@ impl Watch {
                 debug!(watch = %self.what, objects = len, deleted, "list complete");
                 shared.listed(self.id, &self.what);
             }
+        }
+    }
+
+    /// Records that the list in progress saw `object` (and whether the snapshot must be
+    /// rewritten for it).
+    fn remember(&self, keys: &mut Keys, object: &ClusterObject) {
+        let shared = self.shared.as_ref();
+        if let Some(key) = object.key() {
+            let json = shared.keep_objects.then(|| encode(object)).flatten();
+            if shared.keep_objects && keys.keys.get(&key).is_none_or(|old| old.json != json) {
+                shared.dirty.store(true, Ordering::Release);
+            }
+            let list = keys.list;
+            keys.keys.insert(key, Entry { list, json });
         }
     }
 
@@ -863,9 +891,13 @@ mod tests {
         // A relist that sees b only: c is deleted at its end, not before; no second "synced".
         services.handle(Event::Init, as_service);
         services.handle(Event::InitApply(svc("b", "192.0.2.2")), as_service);
-        assert_eq!(sink.take(), ["apply Service ns/b"]);
+        assert_eq!(
+            sink.take(),
+            Vec::<String>::new(),
+            "a list is handed over in batches"
+        );
         services.handle(Event::InitDone, as_service);
-        assert_eq!(sink.take(), ["delete Service ns/c"]);
+        assert_eq!(sink.take(), ["apply Service ns/b", "delete Service ns/c"]);
         let keys = lock(&shared.keys[0]);
         assert_eq!(keys.keys.len(), 1);
         assert!(

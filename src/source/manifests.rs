@@ -25,6 +25,7 @@
 //!   symlink swap) need no such wait.
 
 use crate::ops::metrics::Metrics;
+use crate::source::snapshot::{self, Keep, trim_keeping};
 use crate::source::{ClusterObject, EventSink, ObjectKey, ObjectKind, SourceEvent};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -117,7 +118,41 @@ struct FileState {
     /// The last read failed; `objects` is from an older version.
     failed: bool,
     /// The objects of the last good version.
-    objects: BTreeMap<ObjectKey, ClusterObject>,
+    objects: BTreeMap<ObjectKey, Kept>,
+}
+
+/// An object as the source keeps it between scans: trimmed to what DNS reads and serialized.
+/// A few hundred bytes, where the parsed k8s-openapi structs take several KB (they were a
+/// third of the heap at 5,000 Services); it is decoded again only when it is sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Kept(Box<str>);
+
+impl Kept {
+    fn new(object: &ClusterObject) -> Result<Kept, String> {
+        snapshot::encode_object(&trim_keeping(object, Keep::Provenance))
+            .map(Kept)
+            .map_err(|e| format!("cannot keep {}: {e}", object.kind()))
+    }
+
+    /// The object again. Only fails if the JSON we wrote does not read back (a bug).
+    fn object(&self, kind: ObjectKind) -> Option<ClusterObject> {
+        let json = self.0.as_ref();
+        let object = match kind {
+            ObjectKind::Service => {
+                serde_json::from_str(json).map(|o| ClusterObject::Service(Box::new(o)))
+            }
+            ObjectKind::EndpointSlice => {
+                serde_json::from_str(json).map(|o| ClusterObject::EndpointSlice(Box::new(o)))
+            }
+            ObjectKind::Pod => serde_json::from_str(json).map(|o| ClusterObject::Pod(Box::new(o))),
+            ObjectKind::Namespace => {
+                serde_json::from_str(json).map(|o| ClusterObject::Namespace(Box::new(o)))
+            }
+        };
+        object
+            .inspect_err(|error| warn!(%error, "a kept manifest object does not read back"))
+            .ok()
+    }
 }
 
 /// Enough metadata to notice that a file was replaced or written.
@@ -419,7 +454,7 @@ impl ManifestSource {
         })?;
         let mut report = ScanReport::default();
         // New object sets, in load order; `None` for files that are gone.
-        let mut changes: Vec<(PathBuf, Option<BTreeMap<ObjectKey, ClusterObject>>)> = Vec::new();
+        let mut changes: Vec<(PathBuf, Option<BTreeMap<ObjectKey, Kept>>)> = Vec::new();
         // Listed, but removed before they could be read.
         let mut vanished = HashSet::new();
 
@@ -472,7 +507,16 @@ impl ManifestSource {
                 continue;
             }
             state.content = content;
-            let parsed = bytes.and_then(|b| parse_file(path, &b, &self.metrics));
+            // Kept trimmed to what DNS reads: the diff of the next change compares what
+            // matters, and the memory is a fraction of the parsed objects'.
+            let parsed = bytes
+                .and_then(|b| parse_file(path, &b, &self.metrics))
+                .and_then(|objects| {
+                    objects
+                        .into_iter()
+                        .map(|(key, object)| Ok((key, Kept::new(&object)?)))
+                        .collect::<Result<BTreeMap<_, _>, String>>()
+                });
             match parsed {
                 Ok(objects) => {
                     state.failed = false;
@@ -514,7 +558,7 @@ impl ManifestSource {
     }
 
     /// The definition in force for `key`, if any.
-    fn effective(&self, key: &ObjectKey) -> Option<&ClusterObject> {
+    fn effective(&self, key: &ObjectKey) -> Option<&Kept> {
         let path = self.owners.get(key)?.last()?;
         self.files.get(path)?.objects.get(key)
     }
@@ -524,8 +568,8 @@ impl ManifestSource {
     fn replace_file(
         &mut self,
         path: &Path,
-        objects: Option<BTreeMap<ObjectKey, ClusterObject>>,
-        touched: &mut BTreeMap<ObjectKey, Option<ClusterObject>>,
+        objects: Option<BTreeMap<ObjectKey, Kept>>,
+        touched: &mut BTreeMap<ObjectKey, Option<Kept>>,
     ) {
         let empty = BTreeMap::new();
         let new = objects.as_ref().unwrap_or(&empty);
@@ -542,7 +586,7 @@ impl ManifestSource {
             .collect();
         let changed: Vec<ObjectKey> = new
             .iter()
-            .filter(|(k, o)| old.get(*k).is_none_or(|prev| !same_object(prev, o)))
+            .filter(|(k, o)| old.get(*k) != Some(*o))
             .map(|(k, _)| k.clone())
             .collect();
 
@@ -579,31 +623,31 @@ impl ManifestSource {
     /// key no longer defined anywhere (make before break). Returns the counts.
     fn emit(
         &self,
-        touched: BTreeMap<ObjectKey, Option<ClusterObject>>,
+        touched: BTreeMap<ObjectKey, Option<Kept>>,
         sink: &dyn EventSink,
     ) -> (usize, usize) {
-        let mut applied = 0;
+        let mut events = Vec::new();
         let mut deletes = Vec::new();
         for (key, before) in touched {
             match (before, self.effective(&key)) {
                 (before, Some(after)) => {
-                    if before.is_none_or(|b| !same_object(&b, after)) {
-                        let mut after = after.clone();
+                    if before.as_ref() != Some(after)
+                        && let Some(mut object) = after.object(key.kind)
+                    {
                         if let Some(file) = self.owners.get(&key).and_then(|paths| paths.last()) {
-                            after.set_manifest_file(&file.to_string_lossy());
+                            object.set_manifest_file(&file.to_string_lossy());
                         }
-                        sink.handle(SourceEvent::Apply(after));
-                        applied += 1;
+                        events.push(SourceEvent::Apply(object));
                     }
                 }
                 (Some(_), None) => deletes.push(key),
                 (None, None) => {}
             }
         }
-        let deleted = deletes.len();
-        for key in deletes {
-            sink.handle(SourceEvent::Delete(key));
-        }
+        let (applied, deleted) = (events.len(), deletes.len());
+        events.extend(deletes.into_iter().map(SourceEvent::Delete));
+        // One batch: the zone rebuilds each Service the files touched once.
+        sink.handle_batch(events);
         (applied, deleted)
     }
 }
@@ -783,17 +827,6 @@ fn content_fingerprint(bytes: &[u8]) -> (u64, u64) {
     let mut hasher = DefaultHasher::new();
     hasher.write(bytes);
     (bytes.len() as u64, hasher.finish())
-}
-
-/// Whether two objects are equal in every field.
-fn same_object(a: &ClusterObject, b: &ClusterObject) -> bool {
-    match (a, b) {
-        (ClusterObject::Service(a), ClusterObject::Service(b)) => a == b,
-        (ClusterObject::EndpointSlice(a), ClusterObject::EndpointSlice(b)) => a == b,
-        (ClusterObject::Pod(a), ClusterObject::Pod(b)) => a == b,
-        (ClusterObject::Namespace(a), ClusterObject::Namespace(b)) => a == b,
-        _ => false,
-    }
 }
 
 /// Parses one manifest file into its objects, keyed. Objects without a name are skipped
@@ -1217,8 +1250,8 @@ mod tests {
         )
     }
 
-    fn cluster_ip(object: &ClusterObject) -> String {
-        match object {
+    fn cluster_ip(object: impl std::borrow::Borrow<ClusterObject>) -> String {
+        match object.borrow() {
             ClusterObject::Service(s) => s.spec.as_ref().unwrap().cluster_ip.clone().unwrap(),
             other => panic!("not a Service: {other:?}"),
         }
@@ -1287,8 +1320,8 @@ mod tests {
             self.sink.take()
         }
 
-        fn in_force(&self, key: &ObjectKey) -> Option<&ClusterObject> {
-            self.source.effective(key)
+        fn in_force(&self, key: &ObjectKey) -> Option<ClusterObject> {
+            self.source.effective(key)?.object(key.kind)
         }
 
         fn errors(&self) -> u64 {
@@ -2287,5 +2320,38 @@ metadata:
             .expect("the watch stops when cancelled")
             .unwrap()
             .unwrap();
+    }
+
+    #[test]
+    fn objects_are_kept_trimmed_and_a_change_dns_does_not_read_is_not_passed_on() {
+        let with_labels = |app: &str| {
+            format!(
+                "{}metadata:\n  name: a\n  namespace: default\n  resourceVersion: \"7\"\n  \
+                 labels: {{app: {app}}}\n  annotations: {{big: x}}\n",
+                "apiVersion: v1\nkind: Service\nspec:\n  clusterIP: 10.0.0.1\n"
+            )
+        };
+        let mut f = Fixture::new(&[("a.yaml", &with_labels("one"))]);
+        f.load();
+        assert_eq!(f.sink.take(), ["apply Service default/a", "synced"]);
+        let ClusterObject::Service(kept) = f
+            .in_force(&key(ObjectKind::Service, "default", "a"))
+            .expect("kept")
+        else {
+            panic!("not a Service");
+        };
+        assert_eq!(
+            kept.metadata.labels, None,
+            "labels DNS does not read are dropped"
+        );
+        assert_eq!(kept.metadata.annotations, None);
+        assert_eq!(kept.metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!(
+            kept.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()),
+            Some("10.0.0.1")
+        );
+        // A label edit changes nothing DNS answers: no event.
+        f.write("a.yaml", &with_labels("two"));
+        assert_eq!(f.rescan(), Vec::<String>::new());
     }
 }

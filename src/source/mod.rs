@@ -183,4 +183,12 @@ pub trait EventSink: Send + Sync {
     /// Apply one event. Must be cheap: the cost may depend on the size of the object, never
     /// on the size of the whole zone.
     fn handle(&self, event: SourceEvent);
+
+    /// Apply events in order, as one change where the sink can do better than one by one
+    /// (the zone rebuilds each Service the batch touches once).
+    fn handle_batch(&self, events: Vec<SourceEvent>) {
+        for event in events {
+            self.handle(event);
+        }
+    }
 }

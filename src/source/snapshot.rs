@@ -29,8 +29,8 @@ use std::time::{Duration, SystemTime};
 
 const MAGIC: &str = "clusterdns-snapshot";
 const VERSION: u32 = 1;
-/// The label that ties an EndpointSlice to its Service (the only label DNS needs).
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+// The label that ties an EndpointSlice to its Service is the only label DNS needs.
+use crate::zone::records::{LAST_CHANGE_TRIGGER_TIME, SERVICE_NAME_LABEL};
 
 /// Why a snapshot could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +73,26 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     hash
 }
 
-fn trim_meta(meta: &ObjectMeta, keep_service_label: bool) -> ObjectMeta {
+/// What a trimmed object keeps besides what the zone reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Nothing more (the snapshot file: small, and written often).
+    Minimal,
+    /// Also `resourceVersion` and the EndpointSlice controller's last-change-trigger-time
+    /// annotation (what metrics and explanations of a live object use).
+    Provenance,
+}
+
+fn trim_meta(meta: &ObjectMeta, keep_service_label: bool, keep: Keep) -> ObjectMeta {
+    let provenance = keep == Keep::Provenance;
+    let annotations = provenance
+        .then(|| {
+            meta.annotations.as_ref().and_then(|annotations| {
+                let value = annotations.get(LAST_CHANGE_TRIGGER_TIME)?;
+                Some([(LAST_CHANGE_TRIGGER_TIME.to_string(), value.clone())].into())
+            })
+        })
+        .flatten();
     let labels = keep_service_label
         .then(|| {
             meta.labels.as_ref().and_then(|labels| {
@@ -86,6 +105,8 @@ fn trim_meta(meta: &ObjectMeta, keep_service_label: bool) -> ObjectMeta {
         name: meta.name.clone(),
         namespace: meta.namespace.clone(),
         labels,
+        annotations,
+        resource_version: meta.resource_version.clone().filter(|_| provenance),
         ..ObjectMeta::default()
     }
 }
@@ -93,15 +114,20 @@ fn trim_meta(meta: &ObjectMeta, keep_service_label: bool) -> ObjectMeta {
 /// The object reduced to what the zone reads: names, the Service spec, the EndpointSlice's
 /// service label, addresses, conditions, hostnames and ports, the Pod's IPs.
 pub fn trim(object: &ClusterObject) -> ClusterObject {
+    trim_keeping(object, Keep::Minimal)
+}
+
+/// [`trim`], keeping what `keep` says too.
+pub fn trim_keeping(object: &ClusterObject, keep: Keep) -> ClusterObject {
     match object {
         ClusterObject::Service(s) => ClusterObject::Service(Box::new(Service {
-            metadata: trim_meta(&s.metadata, false),
+            metadata: trim_meta(&s.metadata, false, keep),
             spec: s.spec.clone(),
             status: None,
         })),
         ClusterObject::EndpointSlice(s) => {
             let mut slice = EndpointSlice {
-                metadata: trim_meta(&s.metadata, true),
+                metadata: trim_meta(&s.metadata, true, keep),
                 ..(**s).clone()
             };
             for endpoint in &mut slice.endpoints {
@@ -112,7 +138,7 @@ pub fn trim(object: &ClusterObject) -> ClusterObject {
             ClusterObject::EndpointSlice(Box::new(slice))
         }
         ClusterObject::Pod(p) => ClusterObject::Pod(Box::new(Pod {
-            metadata: trim_meta(&p.metadata, false),
+            metadata: trim_meta(&p.metadata, false, keep),
             spec: None,
             status: p.status.as_ref().map(|s| PodStatus {
                 pod_ip: s.pod_ip.clone(),
@@ -122,7 +148,7 @@ pub fn trim(object: &ClusterObject) -> ClusterObject {
             }),
         })),
         ClusterObject::Namespace(n) => ClusterObject::Namespace(Box::new(Namespace {
-            metadata: trim_meta(&n.metadata, false),
+            metadata: trim_meta(&n.metadata, false, keep),
             ..Namespace::default()
         })),
     }

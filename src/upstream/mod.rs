@@ -459,7 +459,20 @@ struct UpstreamState {
     tcp_idle: std::sync::Mutex<Vec<(TcpStream, std::time::Instant)>>,
     /// Ask over TCP only (`upstream.force_tcp`).
     force_tcp: bool,
+    /// `coredns_proxy_request_duration_seconds{proxy_name,to,rcode}` handles for this
+    /// upstream, resolved at its first answer of each rcode (not per answer).
+    durations: [std::sync::OnceLock<prometheus::Histogram>; PROXY_RCODES.len()],
 }
+
+/// The rcodes whose duration handles are kept per upstream; any other rcode (rare) is
+/// looked up per answer.
+const PROXY_RCODES: [hickory_proto::op::ResponseCode; 5] = [
+    hickory_proto::op::ResponseCode::NoError,
+    hickory_proto::op::ResponseCode::NXDomain,
+    hickory_proto::op::ResponseCode::ServFail,
+    hickory_proto::op::ResponseCode::Refused,
+    hickory_proto::op::ResponseCode::FormErr,
+];
 
 /// The `proxy_name` label of CoreDNS's proxy metrics: what CoreDNS's `forward` plugin says.
 const PROXY_NAME: &str = "forward";
@@ -471,6 +484,28 @@ const MAX_IDLE_TCP: usize = 8;
 const TCP_IDLE_REUSE: Duration = Duration::from_secs(5);
 
 impl UpstreamState {
+    /// Counts one answer's round trip in the proxy duration histogram.
+    fn observe_duration(
+        &self,
+        metrics: &Metrics,
+        rcode: hickory_proto::op::ResponseCode,
+        took: Duration,
+    ) {
+        let resolve = || {
+            metrics.proxy_duration.with_label_values(&[
+                PROXY_NAME,
+                &self.addr.to_string(),
+                crate::ops::metrics::rcode_label(rcode),
+            ])
+        };
+        match PROXY_RCODES.iter().position(|r| *r == rcode) {
+            Some(i) => self.durations[i]
+                .get_or_init(resolve)
+                .observe(took.as_secs_f64()),
+            None => resolve().observe(took.as_secs_f64()),
+        }
+    }
+
     fn take_idle_tcp(&self) -> Option<TcpStream> {
         let mut idle = self.tcp_idle.lock().ok()?;
         while let Some((stream, last_used)) = idle.pop() {
@@ -526,6 +561,7 @@ impl Forwarder {
                         failures: Throttle::new(Duration::from_secs(10)),
                         tcp_idle: std::sync::Mutex::new(Vec::new()),
                         force_tcp: config.force_tcp,
+                        durations: Default::default(),
                     })
                 })
                 .collect(),
@@ -601,14 +637,11 @@ impl Forwarder {
                 match try_upstream(upstream, query, try_deadline, &self.metrics).await {
                     Ok(answer) => {
                         count(&self.metrics, "ok");
-                        self.metrics
-                            .proxy_duration
-                            .with_label_values(&[
-                                PROXY_NAME,
-                                &addr.to_string(),
-                                crate::ops::metrics::rcode_label(answer.metadata.response_code),
-                            ])
-                            .observe(started.elapsed().as_secs_f64());
+                        upstream.observe_duration(
+                            &self.metrics,
+                            answer.metadata.response_code,
+                            started.elapsed(),
+                        );
                         self.succeeded(upstream);
                         return Ok(answer);
                     }

@@ -190,6 +190,11 @@ struct WriterState {
     expiries: VecDeque<(Instant, (String, String))>,
     /// The manifest paths objects came from, one copy each (a file defines many objects).
     files: HashSet<Arc<str>>,
+    /// While a batch is applied: the Services to republish at its end
+    /// ([`Zone::apply_batch`]).
+    deferred: Option<BTreeSet<(String, String)>>,
+    /// Programming latencies to observe once the batch that carries them is published.
+    programmed: Vec<(&'static str, SystemTime)>,
 }
 
 impl WriterState {
@@ -546,10 +551,15 @@ impl Zone {
                 created = true;
                 Node::default()
             });
-            match node.owners.iter_mut().find(|(o, _)| *o == owner) {
-                Some(slot) => slot.1 = records,
-                None => node.owners.push((owner, records)),
-            }
+            let added = records.len() as i64;
+            let replaced = match node.owners.iter_mut().find(|(o, _)| *o == owner) {
+                Some(slot) => std::mem::replace(&mut slot.1, records).len() as i64,
+                None => {
+                    node.owners.push((owner, records));
+                    0
+                }
+            };
+            self.metrics.zone_records.add(added - replaced);
         }
         if created {
             self.count_name(name, 1);
@@ -583,7 +593,10 @@ impl Zone {
     fn remove(&self, name: &Name, owner: OwnerId) {
         let unused = match self.index.get_mut(name) {
             Some(mut node) => {
+                let before = node.records().count() as i64;
                 node.owners.retain(|(o, _)| *o != owner);
+                let after = node.records().count() as i64;
+                self.metrics.zone_records.add(after - before);
                 node.is_unused()
             }
             None => false,
@@ -648,12 +661,48 @@ impl Zone {
 
     /// Applies one event from a source.
     pub fn apply(&self, event: SourceEvent) {
-        let now = unix_now();
-        self.last_change.store(now, Ordering::Relaxed);
+        self.apply_batch(std::iter::once(event));
+    }
+
+    /// Applies events in order under one writer lock, and republishes each Service they
+    /// touch once, at the end: a file or a list that brings a Service's 100 EndpointSlices
+    /// rebuilds it once, not 100 times (the records of a large headless Service cost in
+    /// proportion to its size on each rebuild). Readers see the batch's names change one
+    /// Service at a time, as with single events.
+    pub fn apply_batch(&self, events: impl IntoIterator<Item = SourceEvent>) {
+        let mut state = self.lock();
+        self.last_change.store(unix_now(), Ordering::Relaxed);
+        state.deferred = Some(BTreeSet::new());
+        let mut changed = false;
+        for event in events {
+            changed |= self.apply_locked(&mut state, event);
+        }
+        let now = Instant::now();
+        for service_id in state.deferred.take().into_iter().flatten() {
+            self.republish(&mut state, &service_id, now);
+        }
+        for (kind, triggered) in std::mem::take(&mut state.programmed) {
+            // A trigger time ahead of our clock (skew with the control plane) counts as 0.
+            let latency = SystemTime::now()
+                .duration_since(triggered)
+                .unwrap_or_default();
+            self.metrics
+                .dns_programming_duration
+                .with_label_values(&[kind])
+                .observe(latency.as_secs_f64());
+        }
+        if changed {
+            self.bump_serial();
+        }
+    }
+
+    /// One event; true when it may have changed the zone.
+    fn apply_locked(&self, state: &mut WriterState, event: SourceEvent) -> bool {
         match event {
             SourceEvent::InitialSyncDone => {
                 self.synced.store(true, Ordering::Release);
                 self.metrics.synced.set(1);
+                false
             }
             SourceEvent::Apply(object) => {
                 let Some(key) = object.key() else {
@@ -661,7 +710,7 @@ impl Zone {
                         .objects_rejected
                         .with_label_values(&[&object.kind().to_string(), "no_name"])
                         .inc();
-                    return;
+                    return false;
                 };
                 // Namespace and Service names become labels of the zone; Pod and EndpointSlice
                 // names never do (they may be dotted subdomains), only their namespace does.
@@ -670,40 +719,38 @@ impl Zone {
                     key.kind == ObjectKind::Namespace || name::is_valid_label(&key.namespace);
                 if !namespace_ok || (name_is_label && !name::is_valid_label(&key.name)) {
                     self.reject(key.kind, &key, Rejection::InvalidName);
-                    return;
+                    return false;
                 }
-                let mut origin = object.origin(now);
-                let mut state = self.lock();
+                let mut origin = object.origin(unix_now());
                 if let Some(file) = origin.file.take() {
                     origin.file = Some(state.intern_file(file));
                 }
                 match object {
                     ClusterObject::Service(service) => match records::service_info(&service) {
-                        Ok(info) => self.set_service(&mut state, &key, Some((info, origin))),
+                        Ok(info) => self.set_service(state, &key, Some((info, origin))),
                         Err(reason) => self.reject(key.kind, &key, reason),
                     },
                     ClusterObject::EndpointSlice(slice) => match records::slice_info(&slice) {
-                        Ok(info) => self.set_slice(&mut state, &key, Some((info, origin))),
+                        Ok(info) => self.set_slice(state, &key, Some((info, origin))),
                         Err(reason) => self.reject(key.kind, &key, reason),
                     },
                     ClusterObject::Pod(pod) => {
-                        self.set_pod(&mut state, &key, Some(records::pod_info(&pod)))
+                        self.set_pod(state, &key, Some(records::pod_info(&pod)))
                     }
                     ClusterObject::Namespace(_) => {
-                        self.set_namespace(&mut state, &key.name, Some(origin))
+                        self.set_namespace(state, &key.name, Some(origin))
                     }
                 }
-                self.bump_serial();
+                true
             }
             SourceEvent::Delete(key) => {
-                let mut state = self.lock();
                 match key.kind {
-                    ObjectKind::Service => self.set_service(&mut state, &key, None),
-                    ObjectKind::EndpointSlice => self.set_slice(&mut state, &key, None),
-                    ObjectKind::Pod => self.set_pod(&mut state, &key, None),
-                    ObjectKind::Namespace => self.set_namespace(&mut state, &key.name, None),
+                    ObjectKind::Service => self.set_service(state, &key, None),
+                    ObjectKind::EndpointSlice => self.set_slice(state, &key, None),
+                    ObjectKind::Pod => self.set_pod(state, &key, None),
+                    ObjectKind::Namespace => self.set_namespace(state, &key.name, None),
                 }
-                self.bump_serial();
+                true
             }
         }
     }
@@ -764,6 +811,16 @@ impl Zone {
             None => state.slices.remove(&slice_id),
         }
         .map(|entry| entry.info);
+        let current = state.slices.get(&slice_id).map(|e| &e.info);
+        let endpoint_count = |s: Option<&SliceInfo>| s.map_or(0, |s| s.endpoints.len() as i64);
+        self.metrics
+            .zone_endpoints
+            .add(endpoint_count(current) - endpoint_count(old.as_ref()));
+        // The programming latency of a change is measured once, when the slice that carries
+        // it is applied; a relist re-delivering an unchanged slice is not a change.
+        let programmed = current
+            .filter(|new| old.as_ref() != Some(*new))
+            .and_then(|new| Some((new.trigger_time?, new.service.clone())));
         // Endpoints this change takes away from the slice's (old) Service linger for a grace
         // (module documentation): those of a deleted or relabelled slice, and those whose
         // addresses the new version of the slice no longer has.
@@ -800,6 +857,7 @@ impl Zone {
                         endpoints: gone,
                         ports: old.ports.clone(),
                         excluded: Vec::new(),
+                        trigger_time: None,
                     },
                 ));
                 if state.expiries.is_empty() {
@@ -832,6 +890,36 @@ impl Zone {
             }
             self.republish(state, &service_id, now);
         }
+        if let Some((triggered, service)) = programmed {
+            self.observe_programming(state, (key.namespace.clone(), service), triggered);
+        }
+    }
+
+    /// `coredns_kubernetes_dns_programming_duration_seconds`: from the change the EndpointSlice
+    /// controller recorded to the moment its records are in the index (observed when the
+    /// batch that carries it is published). Like CoreDNS, only for a Service the zone knows
+    /// (`cluster_ip`, or `headless_with_selector`: a slice with the annotation was written by
+    /// the controller, so the Service has a selector), and not for the initial state, whose
+    /// changes happened before this server started.
+    fn observe_programming(
+        &self,
+        state: &mut WriterState,
+        service_id: (String, String),
+        triggered: SystemTime,
+    ) {
+        if !self.is_synced() {
+            return;
+        }
+        let kind = match state
+            .services
+            .get(&service_id)
+            .and_then(|e| e.info.as_ref())
+        {
+            Some(info) if info.shape == records::ServiceShape::Headless => "headless_with_selector",
+            Some(_) => "cluster_ip",
+            None => return,
+        };
+        state.programmed.push((kind, triggered));
     }
 
     /// Ends the grace of lingering endpoints that is over at `now` (their Services are
@@ -883,6 +971,10 @@ impl Zone {
     /// Lingering endpoints whose grace is over at `now`, or whose address a slice of the
     /// Service has again, are dropped first.
     fn republish(&self, state: &mut WriterState, service_id: &(String, String), now: Instant) {
+        if let Some(deferred) = state.deferred.as_mut() {
+            deferred.insert(service_id.clone());
+            return;
+        }
         let Some(entry) = state.services.get(service_id) else {
             return;
         };
@@ -943,9 +1035,12 @@ impl Zone {
         {
             self.remove(name, owner);
         }
-        for (name, records) in &fresh {
-            if entry.published.get(name) != Some(records) {
-                self.put(name, owner, records.clone().into());
+        let mut fresh = fresh;
+        for (name, records) in fresh.iter_mut() {
+            match entry.published.get(name) {
+                // Unchanged: keep the set the index already holds (one copy, not two).
+                Some(published) if published == records => *records = published.clone(),
+                _ => self.put(name, owner, records.clone()),
             }
         }
         debug!(service = %format!("{}/{}", service_id.0, service_id.1), names = fresh.len(), lingering = lingering.len(), "service records published");
@@ -1069,6 +1164,12 @@ impl Zone {
 impl EventSink for Zone {
     fn handle(&self, event: SourceEvent) {
         self.apply(event);
+    }
+
+    fn handle_batch(&self, events: Vec<SourceEvent>) {
+        if !events.is_empty() {
+            self.apply_batch(events);
+        }
     }
 }
 

@@ -966,3 +966,88 @@ fn only_names_that_become_labels_must_be_labels() {
         NXDOMAIN
     );
 }
+
+#[test]
+fn trigger_time_annotation_is_read_in_the_controllers_formats() {
+    let slice_with = |annotation: Option<&str>| -> records::SliceInfo {
+        let mut metadata = json!({"name": "s", "namespace": "ns",
+            "labels": {"kubernetes.io/service-name": "svc"}});
+        if let Some(value) = annotation {
+            metadata["annotations"] = json!({records::LAST_CHANGE_TRIGGER_TIME: value});
+        }
+        let slice = serde_json::from_value(json!({
+            "metadata": metadata, "addressType": "IPv4", "endpoints": [],
+        }))
+        .unwrap();
+        records::slice_info(&slice).unwrap()
+    };
+    let at = |secs: u64, nanos: u32| Some(UNIX_EPOCH + Duration::new(secs, nanos));
+    // RFC 3339 as the EndpointSlice controller writes it, with and without fractions.
+    assert_eq!(
+        slice_with(Some("2024-05-01T10:00:05Z")).trigger_time,
+        at(1_714_557_605, 0)
+    );
+    assert_eq!(
+        slice_with(Some("2024-05-01T10:00:05.25Z")).trigger_time,
+        at(1_714_557_605, 250_000_000)
+    );
+    // Absent or garbage: no latency measured, the slice itself still serves.
+    assert_eq!(slice_with(None).trigger_time, None);
+    assert_eq!(slice_with(Some("yesterday")).trigger_time, None);
+}
+
+#[test]
+fn a_batch_rebuilds_each_service_once_and_answers_as_if_applied_one_by_one() {
+    let events = || {
+        let mut events = vec![service("hl", "big", json!({"clusterIP": "None"}))];
+        for s in 0..20 {
+            let endpoints: Vec<_> = (0..50)
+                .map(|e| json!({"addresses": [format!("10.{s}.0.{e}")]}))
+                .collect();
+            events.push(slice(
+                "hl",
+                &format!("big-{s}"),
+                "big",
+                json!({"endpoints": endpoints}),
+            ));
+        }
+        // Gone again within the batch: lingers for its grace like any removed endpoint.
+        events.push(slice(
+            "hl",
+            "short",
+            "big",
+            json!({"endpoints": [{"addresses": ["10.99.0.1"]}]}),
+        ));
+        events.push(SourceEvent::Delete(key(
+            ObjectKind::EndpointSlice,
+            "hl",
+            "short",
+        )));
+        events
+    };
+    let one_by_one = zone(PodMode::Disabled);
+    for event in events() {
+        one_by_one.apply(event);
+    }
+    let batched = zone(PodMode::Disabled);
+    batched.apply_batch(events());
+    let name = Name::from_ascii("big.hl.svc.cluster.local.").unwrap();
+    let addresses = |zone: &Zone| match zone.lookup(&name, RecordType::A) {
+        Lookup::Answer(answer) => {
+            let mut ips: Vec<String> = answer.answers.iter().map(|r| r.data.to_string()).collect();
+            ips.sort();
+            ips
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(addresses(&batched).len(), 1001);
+    assert_eq!(addresses(&batched), addresses(&one_by_one));
+    assert_eq!(batched.name_count(), one_by_one.name_count());
+    let after_grace = Instant::now() + ENDPOINT_GRACE + Duration::from_secs(1);
+    batched.expire_endpoints(after_grace);
+    one_by_one.expire_endpoints(after_grace);
+    assert_eq!(addresses(&batched).len(), 1000);
+    assert!(!addresses(&batched).contains(&"10.99.0.1".to_string()));
+    assert_eq!(addresses(&batched), addresses(&one_by_one));
+    assert_eq!(batched.name_count(), one_by_one.name_count());
+}
