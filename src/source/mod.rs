@@ -100,12 +100,10 @@ impl ClusterObject {
         }
     }
 
-    /// Marks the object as read from manifest `file` (see [`MANIFEST_FILE_ANNOTATION`]).
+    /// Marks the object as read from manifest `file`: its `selfLink` becomes
+    /// `file://<path>` (see [`MANIFEST_FILE_LINK`]).
     pub fn set_manifest_file(&mut self, file: &str) {
-        self.meta_mut()
-            .annotations
-            .get_or_insert_with(Default::default)
-            .insert(MANIFEST_FILE_ANNOTATION.to_string(), file.to_string());
+        self.meta_mut().self_link = Some(format!("{MANIFEST_FILE_LINK}{file}"));
     }
 
     /// Where this object came from, as the zone keeps it: its `resourceVersion` (objects from
@@ -119,10 +117,10 @@ impl ClusterObject {
                 .filter(|v| !v.is_empty())
                 .map(Into::into),
             file: meta
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(MANIFEST_FILE_ANNOTATION))
-                .map(|f| f.as_str().into()),
+                .self_link
+                .as_deref()
+                .and_then(|link| link.strip_prefix(MANIFEST_FILE_LINK))
+                .map(Into::into),
             changed,
         }
     }
@@ -148,10 +146,13 @@ impl ClusterObject {
     }
 }
 
-/// The annotation the manifest source puts on the objects it emits: the file that defines
-/// the object. Carrying it in the object's own metadata keeps [`SourceEvent`] unchanged for
-/// every source; the zone keeps only the path (in [`ObjectOrigin`]), never the object.
-pub const MANIFEST_FILE_ANNOTATION: &str = "clusterdns.io/manifest-file";
+/// The manifest source sets `metadata.selfLink` ("a URL representing this object") of the
+/// objects it emits to `file://<path of the manifest that defines it>`. Carrying it in the
+/// object's own metadata keeps [`SourceEvent`] unchanged for every source; the zone keeps
+/// only the path (in [`ObjectOrigin`]), never the object. The API server has not set
+/// `selfLink` since Kubernetes 1.20, and only this prefix is read. Not an annotation: a
+/// source's batch of 100,000 objects would allocate a map node (about 600 bytes) for each.
+pub const MANIFEST_FILE_LINK: &str = "file://";
 
 /// Where an object the zone holds came from, kept per object for `clusterdns explain`:
 /// a few words, never the object.

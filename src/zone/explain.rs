@@ -796,7 +796,7 @@ mod tests {
         let mut value = json!({
             "metadata": {"name": name, "namespace": ns,
                          "labels": {"kubernetes.io/service-name": svc},
-                         "annotations": {"clusterdns.io/manifest-file": "/m/web.yaml"}},
+                         "selfLink": "file:///m/web.yaml"},
             "addressType": "IPv4",
             "endpoints": [],
         });
