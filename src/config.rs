@@ -29,6 +29,8 @@ pub const MIN_UDP_PAYLOAD: u16 = 512;
 pub const MAX_UDP_PAYLOAD: u16 = 4096;
 
 const DNS_PORT: u16 = 53;
+/// Port of the admin endpoint (`clusterdns explain`/`dump` ask `http://127.0.0.1:8053`).
+pub const ADMIN_PORT: u16 = 8053;
 
 /// The whole configuration of one server. `Config::default()` is what runs without a file.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -74,6 +76,14 @@ pub struct Config {
         serialize_with = "ser_http_listen"
     )]
     pub ready_listen: Option<SocketAddr>,
+    /// The admin endpoint (`/explain`, `/dump`), for `clusterdns explain` and `dump`; `None`
+    /// when disabled (`"off"`). Loopback by default: it tells anyone who reaches it every
+    /// name of the cluster.
+    #[serde(
+        deserialize_with = "de_http_listen",
+        serialize_with = "ser_http_listen"
+    )]
+    pub admin_listen: Option<SocketAddr>,
     /// The `[server]` table: socket and concurrency knobs.
     pub server: ServerConfig,
     /// The `[upstream]` table: forwarding timeouts and limits.
@@ -195,6 +205,13 @@ pub struct LogConfig {
     /// Fraction of queries logged when `queries` is on (0.0..=1.0).
     #[serde(deserialize_with = "de_fraction")]
     pub query_sample: f64,
+    /// One name whose queries are logged with their whole explanation (what `clusterdns
+    /// explain` prints), whether or not `queries` is on; `None`: no tracing.
+    #[serde(
+        deserialize_with = "de_trace_name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub trace_name: Option<String>,
 }
 
 /// How log lines are written.
@@ -214,8 +231,26 @@ impl Default for LogConfig {
             format: LogFormat::Text,
             queries: false,
             query_sample: 1.0,
+            trace_name: None,
         }
     }
+}
+
+/// A traced name: a domain name, kept lower case and fully qualified (`"orders.shop"` and
+/// `"Orders.Shop."` trace the same questions).
+fn check_trace_name(s: &str) -> Result<String, String> {
+    let name = s.trim().trim_end_matches('.');
+    if name.is_empty() {
+        return Err(format!("invalid name {s:?}: empty"));
+    }
+    hickory_proto::rr::Name::from_ascii(format!("{name}."))
+        .map(|n| n.to_lowercase().to_ascii())
+        .map_err(|e| format!("invalid name {s:?}: {e}"))
+}
+
+fn de_trace_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    check_trace_name(&s).map(Some).map_err(de::Error::custom)
 }
 
 fn de_fraction<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
@@ -428,6 +463,7 @@ impl Default for Config {
             metrics_listen: Some(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 9153)),
             health_listen: Some(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 8080)),
             ready_listen: Some(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 8181)),
+            admin_listen: Some(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), ADMIN_PORT)),
             server: ServerConfig::default(),
             upstream: UpstreamConfig::default(),
             kubernetes: KubernetesConfig::default(),
@@ -811,6 +847,7 @@ impl Config {
         let _ = writeln!(out, "metrics listen:    {}", http(self.metrics_listen));
         let _ = writeln!(out, "health listen:     {}", http(self.health_listen));
         let _ = writeln!(out, "ready listen:      {}", http(self.ready_listen));
+        let _ = writeln!(out, "admin listen:      {}", http(self.admin_listen));
         let _ = writeln!(
             out,
             "udp workers:       {}",
@@ -879,6 +916,12 @@ pub struct ServeArgs {
     /// Readiness listener, or "off" [default: 0.0.0.0:8181].
     #[arg(long, value_name = "ADDR|off")]
     pub ready_listen: Option<String>,
+    /// Admin listener (`clusterdns explain`, `dump`), or "off" [default: 127.0.0.1:8053].
+    #[arg(long, value_name = "ADDR|off")]
+    pub admin_listen: Option<String>,
+    /// Log the explanation of every query for this one name (see `clusterdns explain`).
+    #[arg(long, value_name = "NAME")]
+    pub trace_name: Option<String>,
     /// resolv.conf to take upstreams from when none are given [default: /etc/resolv.conf].
     #[arg(long, value_name = "FILE")]
     pub resolv_conf: Option<PathBuf>,
@@ -959,6 +1002,12 @@ impl ServeArgs {
         }
         if let Some(s) = &self.ready_listen {
             config.ready_listen = parse_http_listen(s).map_err(flag("--ready-listen"))?;
+        }
+        if let Some(s) = &self.admin_listen {
+            config.admin_listen = parse_http_listen(s).map_err(flag("--admin-listen"))?;
+        }
+        if let Some(s) = &self.trace_name {
+            config.log.trace_name = Some(check_trace_name(s).map_err(flag("--trace-name"))?);
         }
         if let Some(path) = &self.resolv_conf {
             config.resolv_conf = path.clone();

@@ -1,4 +1,6 @@
-//! The `clusterdns` command: `serve` runs the server, `check-config` validates a config file.
+//! The `clusterdns` command: `serve` runs the server, `check-config` validates a config file,
+//! `explain` and `dump` ask a running server's admin endpoint, `doctor` checks the machine,
+//! `import-kube-dns` converts kube-dns's ConfigMap.
 //!
 //! `serve` wires the parts together in the order data flows: config -> metrics -> zone ->
 //! sources (initial load) -> upstream forwarder -> handler -> sockets -> HTTP endpoints, then
@@ -8,9 +10,12 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use clusterdns::config::{Config, LogFormat, PodMode, ServeArgs};
+use clusterdns::ops::admin::{AdminState, admin_router};
+use clusterdns::ops::explain::ExplainContext;
 use clusterdns::ops::reload;
 use clusterdns::ops::{http, metrics::Metrics};
-use clusterdns::server::{RunningListener, handler::Handler};
+use clusterdns::server::RunningListener;
+use clusterdns::server::handler::{Handler, Trace};
 use clusterdns::source::kubernetes::{self, KubernetesOptions, KubernetesSource};
 use clusterdns::source::manifests::ManifestSource;
 use clusterdns::source::{EventSink, SourceEvent};
@@ -48,6 +53,10 @@ enum Command {
     },
     /// Check this machine's kernel settings, limits, listen ports and upstreams for DNS.
     Doctor(clusterdns::ops::doctor::DoctorArgs),
+    /// Ask a running server why a name resolves the way it does (its admin endpoint).
+    Explain(clusterdns::ops::admin::ExplainArgs),
+    /// Print the zone a running server serves, as an RFC 1035 zone file.
+    Dump(clusterdns::ops::admin::DumpArgs),
     /// Print the clusterdns config equivalent to a kube-dns ConfigMap (YAML or JSON).
     ImportKubeDns {
         /// The ConfigMap file (`kubectl -n kube-system get configmap kube-dns -o yaml`).
@@ -59,6 +68,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Doctor(args) => clusterdns::ops::doctor::main(&args),
+        Command::Explain(args) => clusterdns::ops::admin::explain_main(&args),
+        Command::Dump(args) => clusterdns::ops::admin::dump_main(&args),
         Command::ImportKubeDns { file } => clusterdns::ops::import::main(&file),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
@@ -125,6 +136,70 @@ fn announce(kind: &str, addr: SocketAddr) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "listening {kind} {addr}");
     let _ = out.flush();
+}
+
+/// What explanations say about the configuration: the source of cluster data, its filters.
+fn explain_context(config: &Config, metrics: &Metrics) -> ExplainContext {
+    let k = &config.kubernetes;
+    let source = match &config.manifests {
+        Some(dir) => format!("manifests {}", dir.display()),
+        None if k.enabled => match &k.snapshot {
+            Some(file) => format!(
+                "kubernetes API (last-good snapshot {} when the API is unreachable at startup)",
+                file.display()
+            ),
+            None => "kubernetes API".to_string(),
+        },
+        None => "none".to_string(),
+    };
+    let api = config.manifests.is_none() && k.enabled;
+    let zone_suffix = format!(".{}", config.zone);
+    let node_search = resolv_conf::read(&config.resolv_conf)
+        .map(|r| r.search)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| *d != config.zone && !d.ends_with(&zone_suffix))
+        .collect();
+    ExplainContext {
+        source,
+        namespaces: k.namespaces.clone(),
+        labels: k.labels.clone(),
+        node_search,
+        snapshot_in_use: api.then(|| metrics.snapshot_in_use.clone()),
+        api_watches: if api {
+            let mut kinds = vec!["Service", "EndpointSlice", "Namespace"];
+            if config.pods == PodMode::Verified {
+                kinds.push("Pod");
+            }
+            kinds
+                .into_iter()
+                .map(|kind| {
+                    (
+                        kind.to_string(),
+                        metrics.source_synced.with_label_values(&[kind]),
+                        metrics.source_last_sync.with_label_values(&[kind]),
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// The `--trace-name` of `config`, if any.
+fn trace(config: &Config, metrics: &Metrics) -> Option<Trace> {
+    let name = config.log.trace_name.as_deref()?;
+    match Name::from_ascii(name) {
+        Ok(name) => Some(Trace {
+            name,
+            context: explain_context(config, metrics),
+        }),
+        Err(error) => {
+            warn!(name, %error, "trace name is not a domain name; not tracing");
+            None
+        }
+    }
 }
 
 /// The upstream resolvers: the configured list, else resolv.conf's nameservers.
@@ -254,6 +329,7 @@ async fn serve(args: &ServeArgs, config: Config) -> Result<()> {
         config.server.max_udp_payload,
     ));
     handler.set_query_log(config.log.queries.then_some(config.log.query_sample));
+    handler.set_trace(trace(&config, &metrics));
     handler.set_acl(&config.acl);
     {
         let handler = handler.clone();
@@ -302,6 +378,15 @@ async fn serve(args: &ServeArgs, config: Config) -> Result<()> {
                         .collect()
                 })
             }),
+        ),
+        (
+            "admin",
+            config.admin_listen,
+            admin_router(Arc::new(AdminState {
+                zone: zone.clone(),
+                handler: handler.clone(),
+                context: explain_context(&config, &metrics),
+            })),
         ),
     ];
     let mut http_bound = Vec::new();
@@ -463,6 +548,7 @@ impl Running {
         tasks.spawn(async move { resolver.check_loops().await });
         self.handler
             .set_query_log(new.log.queries.then_some(new.log.query_sample));
+        self.handler.set_trace(trace(&new, &self.metrics));
         self.handler.set_acl(&new.acl);
 
         let restart = reload::needs_restart(&self.config, &new);
@@ -482,6 +568,7 @@ impl Running {
         new.metrics_listen = self.config.metrics_listen;
         new.health_listen = self.config.health_listen;
         new.ready_listen = self.config.ready_listen;
+        new.admin_listen = self.config.admin_listen;
         new.server = self.config.server.clone();
         new.log.format = self.config.log.format;
         self.config = new;

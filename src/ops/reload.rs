@@ -119,6 +119,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     check("metrics_listen", old.metrics_listen != new.metrics_listen);
     check("health_listen", old.health_listen != new.health_listen);
     check("ready_listen", old.ready_listen != new.ready_listen);
+    check("admin_listen", old.admin_listen != new.admin_listen);
     check(
         "server",
         format!("{:?}", old.server) != format!("{:?}", new.server),

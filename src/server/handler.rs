@@ -14,11 +14,12 @@
 use super::prebuilt::{PrebuiltAnswers, SimpleQuery};
 use super::rate_limit::{RateLimiter, Verdict};
 use crate::config::AclConfig;
+use crate::ops::explain::{self, ExplainContext};
 use crate::ops::metrics::Metrics;
 use crate::ops::query_metrics::{AnsweredBy, QueryMetrics};
 use crate::upstream::{ForwardError, Resolver, UpstreamAnswer};
 use crate::zone::{Lookup, Zone, ZoneAnswer};
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 use std::net::SocketAddr;
@@ -159,6 +160,17 @@ pub struct Handler {
     in_flight: std::sync::atomic::AtomicUsize,
     /// Zone answers as wire bytes, for repeated questions.
     prebuilt: PrebuiltAnswers,
+    /// `--trace-name`: the one name whose queries are logged with their explanation.
+    trace: ArcSwapOption<Trace>,
+}
+
+/// The name `--trace-name` traces, and what its explanation mentions.
+#[derive(Debug)]
+pub struct Trace {
+    /// The traced name (fully qualified; DNS names compare case-insensitively).
+    pub name: Name,
+    /// Configuration the explanation mentions.
+    pub context: ExplainContext,
 }
 
 /// Counts one question in flight for as long as it lives (also if its task is dropped).
@@ -253,7 +265,43 @@ impl Handler {
             rate_limit: ArcSwap::new(Arc::new(None)),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             prebuilt: PrebuiltAnswers::default(),
+            trace: ArcSwapOption::empty(),
         }
+    }
+
+    /// Logs every query for one name with its explanation (`--trace-name`); `None`: off.
+    /// Replaced on a config reload.
+    pub fn set_trace(&self, trace: Option<Trace>) {
+        self.trace.store(trace.map(Arc::new));
+    }
+
+    /// The traced query's explanation, computed after its answer was built, so it shows the
+    /// state the answer came from (and, for a forwarded name, the cache entry it left).
+    fn write_trace(&self, request: &Request, rcode: ResponseCode, source: &str) {
+        let trace = self.trace.load();
+        let (Some(trace), Some(query)) = (trace.as_ref(), &request.query) else {
+            return;
+        };
+        if query.name() != &trace.name {
+            return;
+        }
+        let explanation = explain::explain(
+            &self.zone,
+            &self.upstream(),
+            &trace.context,
+            query.name(),
+            query.query_type(),
+        );
+        tracing::info!(
+            target: "clusterdns::query",
+            client = %request.peer,
+            name = %query.name(),
+            r#type = %query.query_type(),
+            rcode = crate::ops::metrics::rcode_label(rcode),
+            source,
+            explanation = %explain::render(&explanation),
+            "traced query"
+        );
     }
 
     /// Replaces the access lists and the rate limit (config reload). The rate limit's
@@ -551,7 +599,7 @@ impl Handler {
     /// A prebuilt answer to a repeated zone question: the same bytes the full path would
     /// build, with the request's id and flags. Counted like any answer. The full path runs
     /// instead wherever it decides per client or per query: access lists that refuse this
-    /// client, the UDP rate limit, the query log, the test panic hook.
+    /// client, the UDP rate limit, the query log and `--trace-name`, the test panic hook.
     fn prebuilt_answer(
         &self,
         packet: &[u8],
@@ -562,6 +610,7 @@ impl Handler {
     ) -> Option<Outcome> {
         let transport = listener.proto();
         if self.query_log.load(Ordering::Relaxed) != QUERY_LOG_OFF
+            || self.trace.load().is_some()
             || super::injected_panic_armed()
             || (transport == Transport::Udp && self.rate_limit.load().is_some())
             || !self.acl.load().allows(peer.ip())
@@ -672,6 +721,7 @@ impl Handler {
         {
             log.write(request, rcode, source, bytes.len());
         }
+        self.write_trace(request, rcode, source);
         bytes
     }
 

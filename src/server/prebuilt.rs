@@ -13,10 +13,10 @@
 //!
 //! Owns: the query shape check and the byte cache. Must not: decide an answer.
 
-use std::hash::BuildHasher;
-use std::sync::{Mutex, MutexGuard};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
+use std::hash::BuildHasher;
+use std::sync::{Mutex, MutexGuard};
 
 /// Slots of the cache, a power of two. Each question has one slot (by hash); a question that
 /// lands on an occupied slot replaces what was there. Memory is bounded (a few hundred bytes

@@ -632,8 +632,11 @@ impl ManifestSource {
             match (before, self.effective(&key)) {
                 (before, Some(after)) => {
                     if before.as_ref() != Some(after)
-                        && let Some(object) = after.object(key.kind)
+                        && let Some(mut object) = after.object(key.kind)
                     {
+                        if let Some(file) = self.owners.get(&key).and_then(|paths| paths.last()) {
+                            object.set_manifest_file(&file.to_string_lossy());
+                        }
                         events.push(SourceEvent::Apply(object));
                     }
                 }

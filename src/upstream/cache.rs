@@ -32,6 +32,18 @@ pub struct CacheKey {
 }
 
 impl CacheKey {
+    /// The key a plain stub query (no DO, no CD, class IN) for `name`/`qtype` has: what a
+    /// pod's resolver sends, so what `clusterdns explain` looks for.
+    pub fn plain(name: &Name, qtype: RecordType) -> CacheKey {
+        CacheKey {
+            name: name.to_lowercase(),
+            qtype,
+            qclass: DNSClass::IN,
+            dnssec_ok: false,
+            checking_disabled: false,
+        }
+    }
+
     /// The key of a query with exactly one question; `None` otherwise.
     pub fn of(query: &Message) -> Option<CacheKey> {
         let [question] = query.queries.as_slice() else {
@@ -125,6 +137,30 @@ pub enum Lookup {
     Stale(CachedAnswer),
     /// Nothing usable.
     Miss,
+}
+
+/// What the cache holds for one key, as [`Cache::peek`] sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Peek {
+    /// True for the positive cache (an answer with records), false for the negative one
+    /// (NXDOMAIN, NODATA, a cached SERVFAIL).
+    pub positive: bool,
+    /// The entry's answer, TTLs counted down as a client would get them now (0 when stale).
+    pub answer: CachedAnswer,
+    /// How long ago it was stored.
+    pub age: Duration,
+    /// How long it lives in all (its TTL as capped when stored).
+    pub ttl: Duration,
+    /// Expired, kept only for serve-stale (RFC 8767): answered only if every upstream fails.
+    pub stale: bool,
+}
+
+impl Peek {
+    /// The TTL left in whole seconds as a client gets it (zero when stale): the TTL minus
+    /// the whole seconds elapsed, as [`Cache::get`] counts down.
+    pub fn remaining(&self) -> Duration {
+        Duration::from_secs(self.ttl.as_secs().saturating_sub(self.age.as_secs()))
+    }
 }
 
 type Store = moka::sync::Cache<CacheKey, Arc<Stored>>;
@@ -275,6 +311,24 @@ impl Cache {
             answer: entry.answer_with(|ttl| ttl.saturating_sub(elapsed)),
             prefetch,
         }
+    }
+
+    /// Reads the entry for `key` without changing anything this cache counts or decides: no
+    /// metric, no hit count, no prefetch, no insert (`clusterdns explain`).
+    pub fn peek(&self, key: &CacheKey, now: Instant) -> Option<Peek> {
+        let (entry, kind) = [(&self.success, Kind::Success), (&self.denial, Kind::Denial)]
+            .into_iter()
+            .find_map(|(store, kind)| store.get(key).map(|entry| (entry, kind)))?;
+        let age = now.saturating_duration_since(entry.stored_at);
+        let stale = age >= entry.ttl;
+        let elapsed = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
+        Some(Peek {
+            positive: kind == Kind::Success,
+            answer: entry.answer_with(|ttl| ttl.saturating_sub(elapsed)),
+            age,
+            ttl: entry.ttl,
+            stale,
+        })
     }
 
     /// Stores an upstream answer if it is cacheable, for as long as its TTLs allow, and

@@ -98,6 +98,28 @@ fn served(answer: CachedAnswer, served: Served) -> UpstreamAnswer {
     UpstreamAnswer { answer, served }
 }
 
+/// Where the upstream path sends a name ([`Resolver::route_of`]).
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// The stub domain whose resolvers answer it; `None`: the default upstreams.
+    pub stub_domain: Option<hickory_proto::rr::Name>,
+    /// Those resolvers, in configuration order, with their health.
+    pub upstreams: Vec<UpstreamHealth>,
+}
+
+/// One upstream's health as the forwarder sees it.
+#[derive(Clone, Debug)]
+pub struct UpstreamHealth {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// False while marked down (after `max_fails` failures, until a probe succeeds).
+    pub healthy: bool,
+    /// It sent our loop probe back: never used.
+    pub looped: bool,
+    /// Failed tries in a row.
+    pub consecutive_failures: u32,
+}
+
 /// The outcome shared by every client waiting on one in-flight question.
 type Shared = Option<Result<Arc<CachedAnswer>, Arc<ForwardError>>>;
 
@@ -198,6 +220,36 @@ impl Resolver {
                     .find(|(domain, _)| domain.zone_of(q.name()))
             })
             .map_or(&self.forwarder, |(_, forwarder)| forwarder)
+    }
+
+    /// Where a name outside the zone goes, and the health of those upstreams now; read-only
+    /// (for `clusterdns explain`).
+    pub fn route_of(&self, name: &hickory_proto::rr::Name) -> Route {
+        let stub = self.stubs.iter().find(|(domain, _)| domain.zone_of(name));
+        let forwarder = stub.map_or(&self.forwarder, |(_, f)| f);
+        Route {
+            stub_domain: stub.map(|(domain, _)| domain.clone()),
+            upstreams: forwarder
+                .upstreams
+                .iter()
+                .map(|u| UpstreamHealth {
+                    addr: u.addr,
+                    healthy: !u.down.load(Ordering::Relaxed),
+                    looped: u.looped.load(Ordering::Relaxed),
+                    consecutive_failures: u.fails.load(Ordering::Relaxed),
+                })
+                .collect(),
+        }
+    }
+
+    /// What the cache holds for a plain query of `name`/`qtype`, read without touching it.
+    pub fn peek_cache(
+        &self,
+        name: &hickory_proto::rr::Name,
+        qtype: hickory_proto::rr::RecordType,
+    ) -> Option<cache::Peek> {
+        self.cache
+            .peek(&CacheKey::plain(name, qtype), Instant::now().into_std())
     }
 
     /// Sends every upstream a question only this process can recognise (see

@@ -25,12 +25,13 @@
 //! once). When the grace ends they go. [`Zone::expire_endpoints`] ends the graces that are due;
 //! [`Zone::run_endpoint_expiry`] drives it from a timer task (main.rs starts it).
 
+pub mod explain;
 pub mod name;
 pub mod records;
 
 use crate::config::PodMode;
 use crate::ops::metrics::Metrics;
-use crate::source::{ClusterObject, EventSink, ObjectKey, ObjectKind, SourceEvent};
+use crate::source::{ClusterObject, EventSink, ObjectKey, ObjectKind, ObjectOrigin, SourceEvent};
 use dashmap::DashMap;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{NS, SOA, TXT};
@@ -135,12 +136,15 @@ struct ServiceEntry {
     /// Endpoints that left this Service's slices and are still published until their grace
     /// ends (each with the ports of the slice they left).
     lingering: Vec<(Instant, SliceInfo)>,
+    /// Where the Service object came from (for explanations).
+    origin: Option<ObjectOrigin>,
 }
 
 impl ServiceEntry {
     fn new(owner: OwnerId) -> ServiceEntry {
         ServiceEntry {
             owner,
+            origin: None,
             info: None,
             slices: BTreeSet::new(),
             published: RecordsByName::new(),
@@ -156,6 +160,8 @@ struct NamespaceEntry {
     services: usize,
     pods: usize,
     published: bool,
+    /// Where the Namespace object came from, when there is one (for explanations).
+    origin: Option<ObjectOrigin>,
 }
 
 impl NamespaceEntry {
@@ -164,17 +170,26 @@ impl NamespaceEntry {
     }
 }
 
+/// One EndpointSlice: what DNS needs of it, and where it came from (for explanations).
+#[derive(Debug)]
+struct SliceEntry {
+    info: SliceInfo,
+    origin: ObjectOrigin,
+}
+
 /// Everything only the writer touches.
 #[derive(Debug, Default)]
 struct WriterState {
     next_owner: OwnerId,
     services: HashMap<(String, String), ServiceEntry>,
-    slices: HashMap<(String, String), SliceInfo>,
+    slices: HashMap<(String, String), SliceEntry>,
     namespaces: HashMap<String, NamespaceEntry>,
     pods: HashMap<(String, String), PodInfo>,
     /// When lingering endpoints of which Service end their grace, oldest first. The grace is a
     /// constant, so appending keeps the queue in order and expiry only looks at its front.
     expiries: VecDeque<(Instant, (String, String))>,
+    /// The manifest paths objects came from, one copy each (a file defines many objects).
+    files: HashSet<Arc<str>>,
     /// While a batch is applied: the Services to republish at its end
     /// ([`Zone::apply_batch`]).
     deferred: Option<BTreeSet<(String, String)>>,
@@ -183,6 +198,17 @@ struct WriterState {
 }
 
 impl WriterState {
+    /// The shared copy of a manifest path.
+    fn intern_file(&mut self, file: Arc<str>) -> Arc<str> {
+        match self.files.get(&file) {
+            Some(shared) => shared.clone(),
+            None => {
+                self.files.insert(file.clone());
+                file
+            }
+        }
+    }
+
     fn new_owner(&mut self) -> OwnerId {
         self.next_owner += 1;
         self.next_owner
@@ -200,6 +226,8 @@ pub struct Zone {
     /// generation is still the zone's answer while the generation is unchanged.
     generation: AtomicU64,
     synced: AtomicBool,
+    /// When the last event was applied (seconds since the Unix epoch; 0: none yet).
+    last_change: AtomicU64,
     writer: Mutex<WriterState>,
     /// Woken when the expiry queue gets its first entry (see [`Zone::run_endpoint_expiry`]).
     expiry_added: tokio::sync::Notify,
@@ -234,6 +262,7 @@ impl Zone {
             serial: AtomicU32::new(now_serial()),
             generation: AtomicU64::new(0),
             synced: AtomicBool::new(false),
+            last_change: AtomicU64::new(0),
             writer: Mutex::new(WriterState::default()),
             expiry_added: tokio::sync::Notify::new(),
             metrics,
@@ -652,6 +681,7 @@ impl Zone {
     /// Service at a time, as with single events.
     pub fn apply_batch(&self, events: impl IntoIterator<Item = SourceEvent>) {
         let mut state = self.lock();
+        self.last_change.store(unix_now(), Ordering::Relaxed);
         state.deferred = Some(BTreeSet::new());
         let mut changed = false;
         for event in events {
@@ -701,19 +731,25 @@ impl Zone {
                     self.reject(key.kind, &key, Rejection::InvalidName);
                     return false;
                 }
+                let mut origin = object.origin(unix_now());
+                if let Some(file) = origin.file.take() {
+                    origin.file = Some(state.intern_file(file));
+                }
                 match object {
                     ClusterObject::Service(service) => match records::service_info(&service) {
-                        Ok(info) => self.set_service(state, &key, Some(info)),
+                        Ok(info) => self.set_service(state, &key, Some((info, origin))),
                         Err(reason) => self.reject(key.kind, &key, reason),
                     },
                     ClusterObject::EndpointSlice(slice) => match records::slice_info(&slice) {
-                        Ok(info) => self.set_slice(state, &key, Some(info)),
+                        Ok(info) => self.set_slice(state, &key, Some((info, origin))),
                         Err(reason) => self.reject(key.kind, &key, reason),
                     },
                     ClusterObject::Pod(pod) => {
                         self.set_pod(state, &key, Some(records::pod_info(&pod)))
                     }
-                    ClusterObject::Namespace(_) => self.set_namespace(state, &key.name, true),
+                    ClusterObject::Namespace(_) => {
+                        self.set_namespace(state, &key.name, Some(origin))
+                    }
                 }
                 true
             }
@@ -722,14 +758,20 @@ impl Zone {
                     ObjectKind::Service => self.set_service(state, &key, None),
                     ObjectKind::EndpointSlice => self.set_slice(state, &key, None),
                     ObjectKind::Pod => self.set_pod(state, &key, None),
-                    ObjectKind::Namespace => self.set_namespace(state, &key.name, false),
+                    ObjectKind::Namespace => self.set_namespace(state, &key.name, None),
                 }
                 true
             }
         }
     }
 
-    fn set_service(&self, state: &mut WriterState, key: &ObjectKey, info: Option<ServiceInfo>) {
+    fn set_service(
+        &self,
+        state: &mut WriterState,
+        key: &ObjectKey,
+        info: Option<(ServiceInfo, ObjectOrigin)>,
+    ) {
+        let (info, origin) = info.unzip();
         let id = (key.namespace.clone(), key.name.clone());
         let was_present = state
             .services
@@ -748,6 +790,7 @@ impl Zone {
             .entry(id.clone())
             .or_insert_with(|| ServiceEntry::new(owner));
         entry.info = info;
+        entry.origin = keep_change_time(entry.origin.take(), origin);
         self.republish(state, &id, Instant::now());
         if was_present != is_present {
             let delta: isize = if is_present { 1 } else { -1 };
@@ -758,15 +801,27 @@ impl Zone {
         }
     }
 
-    fn set_slice(&self, state: &mut WriterState, key: &ObjectKey, info: Option<SliceInfo>) {
+    fn set_slice(
+        &self,
+        state: &mut WriterState,
+        key: &ObjectKey,
+        info: Option<(SliceInfo, ObjectOrigin)>,
+    ) {
         let now = Instant::now();
         let slice_id = (key.namespace.clone(), key.name.clone());
-        let new_service = info.as_ref().map(|s| s.service.clone());
+        let new_service = info.as_ref().map(|(s, _)| s.service.clone());
         let old = match info {
-            Some(info) => state.slices.insert(slice_id.clone(), info),
+            Some((info, origin)) => {
+                let old = state.slices.get(&slice_id).map(|e| e.origin.clone());
+                let origin = keep_change_time(old, Some(origin)).unwrap_or_default();
+                state
+                    .slices
+                    .insert(slice_id.clone(), SliceEntry { info, origin })
+            }
             None => state.slices.remove(&slice_id),
-        };
-        let current = state.slices.get(&slice_id);
+        }
+        .map(|entry| entry.info);
+        let current = state.slices.get(&slice_id).map(|e| &e.info);
         let endpoint_count = |s: Option<&SliceInfo>| s.map_or(0, |s| s.endpoints.len() as i64);
         self.metrics
             .zone_endpoints
@@ -780,7 +835,7 @@ impl Zone {
         // (module documentation): those of a deleted or relabelled slice, and those whose
         // addresses the new version of the slice no longer has.
         if let Some(old) = &old {
-            let kept: HashSet<IpAddr> = match state.slices.get(&slice_id) {
+            let kept: HashSet<IpAddr> = match state.slices.get(&slice_id).map(|e| &e.info) {
                 Some(new) if new.service == old.service => new
                     .endpoints
                     .iter()
@@ -811,6 +866,7 @@ impl Zone {
                         service: old.service.clone(),
                         endpoints: gone,
                         ports: old.ports.clone(),
+                        excluded: Vec::new(),
                         trigger_time: None,
                     },
                 ));
@@ -937,6 +993,7 @@ impl Zone {
                 .slices
                 .iter()
                 .filter_map(|s| state.slices.get(&(service_id.0.clone(), s.clone())))
+                .map(|e| &e.info)
         };
         let lingering: Vec<(Instant, SliceInfo)> = if entry.lingering.is_empty() {
             Vec::new()
@@ -1051,12 +1108,16 @@ impl Zone {
         }
     }
 
-    fn set_namespace(&self, state: &mut WriterState, namespace: &str, explicit: bool) {
-        state
-            .namespaces
-            .entry(namespace.to_string())
-            .or_default()
-            .explicit = explicit;
+    /// `origin` is the Namespace object's; `None` when it was deleted.
+    fn set_namespace(
+        &self,
+        state: &mut WriterState,
+        namespace: &str,
+        origin: Option<ObjectOrigin>,
+    ) {
+        let entry = state.namespaces.entry(namespace.to_string()).or_default();
+        entry.explicit = origin.is_some();
+        entry.origin = keep_change_time(entry.origin.take(), origin);
         self.sync_namespace(state, namespace);
     }
 
@@ -1127,6 +1188,27 @@ fn cname_target(node: &Node) -> Option<Name> {
         RData::CNAME(c) => Some(c.0.clone()),
         _ => None,
     })
+}
+
+/// A re-delivery of the same version of an object (a relist, a resumed watch) is no change:
+/// it keeps the time the version was first applied, so explanations say when it changed.
+fn keep_change_time(old: Option<ObjectOrigin>, new: Option<ObjectOrigin>) -> Option<ObjectOrigin> {
+    let mut new = new?;
+    if let Some(old) = old
+        && old.resource_version.is_some()
+        && old.resource_version == new.resource_version
+    {
+        new.changed = old.changed;
+    }
+    Some(new)
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn now_serial() -> u32 {

@@ -88,6 +88,72 @@ pub struct EndpointInfo {
     pub hostname: Option<String>,
     /// `conditions.ready`; an absent condition means ready (discovery.k8s.io/v1 API doc).
     pub ready: bool,
+    /// `conditions.terminating`: only says *why* a not-ready endpoint is left out.
+    pub terminating: bool,
+}
+
+/// Why an endpoint of a Service's EndpointSlices has no records (what `clusterdns explain`
+/// reports next to the answer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exclusion {
+    /// `conditions.ready` is false and the Service does not set `publishNotReadyAddresses`.
+    NotReady,
+    /// As `NotReady`, and `conditions.terminating` is true: the Pod is shutting down.
+    Terminating,
+    /// The slice's `addressType` is not IPv4/IPv6 (FQDN slices have no address records).
+    AddressType,
+    /// The address does not parse as an IP address.
+    InvalidAddress,
+}
+
+impl Exclusion {
+    /// The stable name of the rule (the `--json` output's `reason`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Exclusion::NotReady => "not_ready",
+            Exclusion::Terminating => "terminating",
+            Exclusion::AddressType => "address_type",
+            Exclusion::InvalidAddress => "invalid_address",
+        }
+    }
+
+    /// The rule in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Exclusion::NotReady => {
+                "not ready (conditions.ready=false) and the Service does not set publishNotReadyAddresses"
+            }
+            Exclusion::Terminating => {
+                "terminating (conditions.terminating=true, not ready) and the Service does not set publishNotReadyAddresses"
+            }
+            Exclusion::AddressType => {
+                "the EndpointSlice's addressType is not IPv4 or IPv6 (e.g. FQDN): no address records"
+            }
+            Exclusion::InvalidAddress => "the address is not an IP address",
+        }
+    }
+}
+
+/// An endpoint [`slice_info`] dropped: kept (the address as written, the rule) only so it can
+/// be explained; usually there is none, so this costs an empty `Vec` per slice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExcludedEndpoint {
+    /// The address as the slice has it.
+    pub address: Box<str>,
+    /// Why it has no records.
+    pub reason: Exclusion,
+}
+
+/// Whether `endpoint` of a Service shaped `info` gets records, and if not, why (spec 2.4.1:
+/// ready endpoints only, unless `publishNotReadyAddresses`).
+pub fn endpoint_exclusion(info: &ServiceInfo, endpoint: &EndpointInfo) -> Option<Exclusion> {
+    if endpoint.ready || info.publish_not_ready {
+        None
+    } else if endpoint.terminating {
+        Some(Exclusion::Terminating)
+    } else {
+        Some(Exclusion::NotReady)
+    }
 }
 
 /// The compact form of an EndpointSlice.
@@ -99,6 +165,8 @@ pub struct SliceInfo {
     pub endpoints: Vec<EndpointInfo>,
     /// Endpoint ports (headless SRV records use these, as CoreDNS does).
     pub ports: Vec<PortInfo>,
+    /// Endpoints dropped while reducing the slice, with the rule (for explanations only).
+    pub excluded: Vec<ExcludedEndpoint>,
     /// When the change this version of the slice carries was triggered (the EndpointSlice
     /// controller's `endpoints.kubernetes.io/last-change-trigger-time` annotation): the start
     /// of the DNS-programming latency SLI.
@@ -182,13 +250,23 @@ pub fn slice_info(slice: &EndpointSlice) -> Result<SliceInfo, Rejection> {
     let address_family = slice.address_type.as_str();
     let mut bad_addresses = 0usize;
     let mut endpoints = Vec::with_capacity(slice.endpoints.len());
+    let mut excluded = Vec::new();
+    let mut exclude = |address: &str, reason| {
+        excluded.push(ExcludedEndpoint {
+            address: address.into(),
+            reason,
+        })
+    };
     if address_family == "IPv4" || address_family == "IPv6" {
         for endpoint in &slice.endpoints {
             let mut addresses = Vec::with_capacity(endpoint.addresses.len());
             for address in &endpoint.addresses {
                 match address.parse::<IpAddr>() {
                     Ok(ip) => addresses.push(ip),
-                    Err(_) => bad_addresses += 1,
+                    Err(_) => {
+                        bad_addresses += 1;
+                        exclude(address, Exclusion::InvalidAddress);
+                    }
                 }
             }
             if addresses.is_empty() {
@@ -202,7 +280,16 @@ pub fn slice_info(slice: &EndpointSlice) -> Result<SliceInfo, Rejection> {
                     .as_ref()
                     .and_then(|c| c.ready)
                     .unwrap_or(true),
+                terminating: endpoint
+                    .conditions
+                    .as_ref()
+                    .and_then(|c| c.terminating)
+                    .unwrap_or(false),
             });
+        }
+    } else {
+        for address in slice.endpoints.iter().flat_map(|e| &e.addresses) {
+            exclude(address, Exclusion::AddressType);
         }
     }
     if endpoints.is_empty() && bad_addresses > 0 {
@@ -224,6 +311,7 @@ pub fn slice_info(slice: &EndpointSlice) -> Result<SliceInfo, Rejection> {
         service,
         endpoints,
         ports,
+        excluded,
         trigger_time: trigger_time(slice),
     })
 }
@@ -406,7 +494,7 @@ pub fn service_records<'a>(
         ServiceShape::Headless => {
             for slice in slices {
                 for endpoint in &slice.endpoints {
-                    if !(endpoint.ready || info.publish_not_ready) {
+                    if endpoint_exclusion(info, endpoint).is_some() {
                         continue;
                     }
                     for ip in &endpoint.addresses {

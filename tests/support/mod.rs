@@ -49,6 +49,8 @@ pub struct Server {
     pub health: SocketAddr,
     /// `/ready` listener.
     pub ready: SocketAddr,
+    /// The admin listener (`/explain`, `/dump`); `None` with `--admin-listen off`.
+    pub admin: Option<SocketAddr>,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -102,6 +104,7 @@ impl Server {
             ("--metrics-listen", "127.0.0.1:0"),
             ("--health-listen", "127.0.0.1:0"),
             ("--ready-listen", "127.0.0.1:0"),
+            ("--admin-listen", "127.0.0.1:0"),
         ] {
             if flag == "--listen" && !default_listen {
                 continue;
@@ -139,9 +142,13 @@ impl Server {
                 }
             }
         });
+        let admin_off = args
+            .windows(2)
+            .any(|w| w[0] == "--admin-listen" && w[1] == "off");
+        let expected = if admin_off { 4 } else { 5 };
         let mut listening = std::collections::HashMap::new();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while listening.len() < 4 {
+        while listening.len() < expected {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
@@ -166,6 +173,7 @@ impl Server {
             metrics: addr("metrics"),
             health: addr("health"),
             ready: addr("ready"),
+            admin: listening.get("admin").copied(),
             child,
             stderr,
         }
