@@ -44,12 +44,18 @@ fn server_with_config(toml: &str, upstream: Option<SocketAddr>) -> (Server, temp
     (server, dir)
 }
 
-/// The cluster still answers correctly over UDP and over TCP.
+/// The cluster still answers correctly over UDP and over TCP. Over UDP, as a real client,
+/// it asks again when a question gets no answer: right after a flood the server's receive
+/// buffers may still be full of it, and the kernel drops what does not fit.
 fn assert_cluster_answers(server: &Server) {
-    for answer in [
-        server.udp(&query(KUBERNETES, RecordType::A)),
-        server.tcp(&query(KUBERNETES, RecordType::A)),
-    ] {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind client");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let udp = (0..10)
+        .find_map(|_| udp_try(&socket, server.dns, &query(KUBERNETES, RecordType::A)))
+        .expect("a UDP answer within 10 tries");
+    for answer in [udp, server.tcp(&query(KUBERNETES, RecordType::A))] {
         assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
         assert_eq!(rdata(&answer.answers, RecordType::A), ["192.0.2.1"]);
     }
