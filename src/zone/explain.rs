@@ -105,6 +105,19 @@ pub struct FailedLabel {
     pub message: String,
 }
 
+impl FailedLabel {
+    /// A namespace label that names no namespace, with the namespaces close to it.
+    fn no_namespace(namespace: &str, state: &WriterState) -> FailedLabel {
+        FailedLabel {
+            label: namespace.to_string(),
+            expected: "namespace".into(),
+            within: None,
+            suggestions: close_matches(namespace, state_namespaces(state)),
+            message: format!("no namespace '{namespace}'"),
+        }
+    }
+}
+
 /// The zone's explanation of one question.
 #[derive(Debug)]
 pub struct ZoneExplanation {
@@ -426,13 +439,7 @@ impl Zone {
                         "pod records are off (pods = disabled): every name under pod.<zone> is NXDOMAIN".to_string()
                     }
                     (_, [_, namespace]) if !self.namespace_exists(state, namespace) => {
-                        out.failed = Some(FailedLabel {
-                            label: namespace.clone(),
-                            expected: "namespace".into(),
-                            within: None,
-                            suggestions: close_matches(namespace, state_namespaces(state)),
-                            message: format!("no namespace '{namespace}'"),
-                        });
+                        out.failed = Some(FailedLabel::no_namespace(namespace, state));
                         return;
                     }
                     (_, [ip, _]) if super::name::parse_dashed_ip(ip).is_none() => {
@@ -492,13 +499,7 @@ impl Zone {
         };
         if !self.namespace_exists(state, namespace) {
             if nxdomain {
-                out.failed = Some(FailedLabel {
-                    label: namespace.clone(),
-                    expected: "namespace".into(),
-                    within: None,
-                    suggestions: close_matches(namespace, state_namespaces(state)),
-                    message: format!("no namespace '{namespace}'"),
-                });
+                out.failed = Some(FailedLabel::no_namespace(namespace, state));
             }
             return;
         }
