@@ -483,13 +483,18 @@ impl Watch {
         let mut backoff = DefaultBackoff::default();
         loop {
             let mut stream = std::pin::pin!(watcher::watcher(api.clone(), self.config.clone()));
+            let mut delivered = false;
             let error = loop {
                 let item = tokio::select! {
                     _ = self.cancel.cancelled() => return,
                     item = stream.next() => item,
                 };
                 match item {
-                    Some(Ok(event)) => self.handle(event, wrap),
+                    Some(Ok(event)) => {
+                        // `Init` only says a list is starting; anything else came from the API.
+                        delivered |= !matches!(event, Event::Init);
+                        self.handle(event, wrap)
+                    }
                     Some(Err(watcher::Error::WatchError(status))) if status.code == 410 => {
                         // kube-rs relists on the next poll.
                         info!(watch = %self.what, "resourceVersion too old (410 Gone); relisting");
@@ -501,6 +506,12 @@ impl Watch {
             };
             if let Some(error) = &error {
                 self.shared.failed(self.id, &self.what, error);
+            }
+            // A watch that worked starts the backoff over (client-go does the same): one cut
+            // connection after hours of service is retried in a second, not after the longest
+            // delay earlier failures had reached.
+            if delivered {
+                backoff = DefaultBackoff::default();
             }
             let delay = backoff.next().unwrap_or(Duration::from_secs(30));
             debug!(watch = %self.what, ?delay, "restarting the watch with a full list");
