@@ -8,14 +8,7 @@ use hickory_proto::rr::RecordType;
 use support::*;
 
 fn with_config(upstream: &FakeUpstream, text: &str) -> (Server, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("clusterdns.toml");
-    std::fs::write(&path, text).expect("write config");
-    let path = path.to_string_lossy().into_owned();
-    (
-        Server::manifests(&fixtures(), Some(upstream.addr), &["--config", &path]),
-        dir,
-    )
+    server_with_config(text, Some(upstream.addr))
 }
 
 #[test]

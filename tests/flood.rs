@@ -34,16 +34,6 @@ fn framed(message: &Message) -> Vec<u8> {
     out
 }
 
-/// A server for the fixture cluster with a config file holding `toml`.
-fn server_with_config(toml: &str, upstream: Option<SocketAddr>) -> (Server, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("clusterdns.toml");
-    std::fs::write(&path, toml).expect("write config");
-    let path = path.to_string_lossy().into_owned();
-    let server = Server::manifests(&fixtures(), upstream, &["--config", &path]);
-    (server, dir)
-}
-
 /// The cluster still answers correctly over UDP and over TCP. Over UDP, as a real client,
 /// it asks again when a question gets no answer: right after a flood the server's receive
 /// buffers may still be full of it, and the kernel drops what does not fit.

@@ -10,7 +10,7 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RecordType};
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 use support::*;
@@ -66,16 +66,6 @@ fn assert_serving(server: &Server) {
         assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
         assert_eq!(rdata(&answer.answers, RecordType::A), ["192.0.2.1"]);
     }
-}
-
-/// A server started with a config file holding `toml` (the file lives as long as the dir).
-fn server_with_config(toml: &str, upstream: Option<SocketAddr>) -> (Server, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("clusterdns.toml");
-    std::fs::write(&path, toml).expect("write config");
-    let path = path.to_string_lossy().into_owned();
-    let server = Server::manifests(&fixtures(), upstream, &["--config", &path]);
-    (server, dir)
 }
 
 /// A 12-byte header.

@@ -38,6 +38,17 @@ pub fn fixtures_copy() -> tempfile::TempDir {
     dir
 }
 
+/// A server for the fixture cluster with a config file holding `toml`, forwarding to
+/// `upstream` (the file lives as long as the returned dir).
+pub fn server_with_config(toml: &str, upstream: Option<SocketAddr>) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("clusterdns.toml");
+    std::fs::write(&path, toml).expect("write config");
+    let path = path.to_string_lossy().into_owned();
+    let server = Server::manifests(&fixtures(), upstream, &["--config", &path]);
+    (server, dir)
+}
+
 /// A running `clusterdns serve`, killed when dropped.
 pub struct Server {
     child: Child,
