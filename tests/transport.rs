@@ -47,10 +47,17 @@ fn malformed(server: &Server, reason: &str) -> f64 {
 }
 
 fn malformed_total(server: &Server) -> f64 {
-    ["short", "response", "undecodable", "qdcount", "opcode"]
-        .iter()
-        .map(|reason| malformed(server, reason))
-        .sum()
+    [
+        "short",
+        "response",
+        "undecodable",
+        "qdcount",
+        "opcode",
+        "oversize",
+    ]
+    .iter()
+    .map(|reason| malformed(server, reason))
+    .sum()
 }
 
 fn truncated(server: &Server) -> f64 {
@@ -423,6 +430,73 @@ fn short_packets_are_dropped() {
         malformed(&server, "short")
     );
     assert_serving(&server);
+}
+
+#[test]
+fn oversize_udp_datagram_is_dropped_and_counted() {
+    let server = Server::fixtures(None);
+    // A well-formed query followed by junk up to 5,000 bytes: longer than any query (the
+    // server reads 4,096 bytes a datagram), so it is dropped, not answered from its start.
+    let mut packet = encode(&query(KUBERNETES, RecordType::A));
+    packet.resize(5000, 0xab);
+    assert_eq!(server.udp_raw_wait(&packet, NO_ANSWER_WAIT), None);
+    assert!(
+        eventually(IO_TIMEOUT, || malformed(&server, "oversize") == 1.0),
+        "oversize datagram counted: {}",
+        malformed(&server, "oversize")
+    );
+    // The datagrams around it in the same read are answered.
+    assert_serving(&server);
+}
+
+/// Many clients sending at once: the server reads several datagrams per system call and
+/// writes their answers together; every answer must reach its own client, with its own id.
+#[test]
+fn a_burst_from_many_clients_is_answered_each_to_its_own() {
+    let server = Server::fixtures(None);
+    let names = [
+        (KUBERNETES, "192.0.2.1"),
+        ("unnamed.default.svc.cluster.local.", "192.0.2.4"),
+    ];
+    let clients: Vec<std::net::UdpSocket> = (0..8)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind client"))
+        .collect();
+    const PER_CLIENT: u16 = 40;
+    // Everything is sent before anything is read, so the server's socket holds a backlog.
+    for (c, client) in clients.iter().enumerate() {
+        for i in 0..PER_CLIENT {
+            let mut q = query(names[usize::from(i) % 2].0, RecordType::A);
+            q.metadata.id = (c as u16) << 8 | i;
+            client.send_to(&encode(&q), server.dns).expect("send");
+        }
+    }
+    for (c, client) in clients.iter().enumerate() {
+        client
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .expect("read timeout");
+        let mut ids = BTreeSet::new();
+        let mut buf = [0u8; 4096];
+        for _ in 0..PER_CLIENT {
+            let (len, from) = client
+                .recv_from(&mut buf)
+                .expect("an answer for every query");
+            assert_eq!(from, server.dns);
+            let answer = decode(&buf[..len]);
+            let id = answer.metadata.id;
+            assert_eq!(
+                usize::from(id >> 8),
+                c,
+                "answer for another client: id {id:#06x}"
+            );
+            assert!(ids.insert(id), "id {id:#06x} answered twice");
+            let (name, address) = names[usize::from(id & 0xff) % 2];
+            assert_eq!(answer.queries[0].name().to_ascii(), name);
+            assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+            assert!(answer.metadata.authoritative);
+            assert_eq!(rdata(&answer.answers, RecordType::A), [address]);
+        }
+        assert_eq!(ids.len(), usize::from(PER_CLIENT));
+    }
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! picks for UDP is then taken for TCP too). UDP has one SO_REUSEPORT socket per worker;
 //! answers come from the [`handler::Handler`], which is the only place that knows DNS.
 
+pub mod batch;
 pub mod handler;
 pub mod prebuilt;
 pub mod rate_limit;
