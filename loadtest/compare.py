@@ -193,7 +193,7 @@ def start_clusterdns(binary, manifests, upstream_port, workdir, tag="clusterdns"
         f.write(
             f'zone = "cluster.local"\nlisten = ["127.0.0.1:0"]\nmanifests = "{manifests}"\n'
             f'upstreams = ["127.0.0.1:{upstream_port}"]\nmetrics_listen = "off"\n'
-            f'health_listen = "off"\nready_listen = "127.0.0.1:0"\n'
+            f'health_listen = "off"\nready_listen = "127.0.0.1:0"\nadmin_listen = "off"\n'
             f"[server]\nudp_workers = 1\n"
             + ("" if cache else "[cache]\ncapacity = 0\n")
         )

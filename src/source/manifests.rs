@@ -91,6 +91,9 @@ pub struct LoadSummary {
     pub failed_files: usize,
 }
 
+/// Objects per batch handed to the zone (as the Kubernetes source's list batches).
+const EMIT_BATCH: usize = 500;
+
 /// The manifest-directory source. Create it with [`ManifestSource::new`], call
 /// [`ManifestSource::load_initial`] once, then run [`ManifestSource::watch`].
 pub struct ManifestSource {
@@ -621,13 +624,27 @@ impl ManifestSource {
 
     /// Sends Apply for every touched key whose object in force changed, then Delete for every
     /// key no longer defined anywhere (make before break). Returns the counts.
+    ///
+    /// Events go out in batches of [`EMIT_BATCH`]: the zone rebuilds each Service a batch
+    /// touches once, and only one batch of objects is decoded at a time (decoding a whole
+    /// 50,000-Service directory at once set the process's peak memory, and with it its RSS).
     fn emit(
         &self,
         touched: BTreeMap<ObjectKey, Option<Kept>>,
         sink: &dyn EventSink,
     ) -> (usize, usize) {
-        let mut events = Vec::new();
+        let mut batch = Vec::with_capacity(EMIT_BATCH);
+        let mut send = |event: SourceEvent| {
+            batch.push(event);
+            if batch.len() >= EMIT_BATCH {
+                sink.handle_batch(std::mem::replace(
+                    &mut batch,
+                    Vec::with_capacity(EMIT_BATCH),
+                ));
+            }
+        };
         let mut deletes = Vec::new();
+        let mut applied = 0;
         for (key, before) in touched {
             match (before, self.effective(&key)) {
                 (before, Some(after)) => {
@@ -637,17 +654,21 @@ impl ManifestSource {
                         if let Some(file) = self.owners.get(&key).and_then(|paths| paths.last()) {
                             object.set_manifest_file(&file.to_string_lossy());
                         }
-                        events.push(SourceEvent::Apply(object));
+                        send(SourceEvent::Apply(object));
+                        applied += 1;
                     }
                 }
                 (Some(_), None) => deletes.push(key),
                 (None, None) => {}
             }
         }
-        let (applied, deleted) = (events.len(), deletes.len());
-        events.extend(deletes.into_iter().map(SourceEvent::Delete));
-        // One batch: the zone rebuilds each Service the files touched once.
-        sink.handle_batch(events);
+        let deleted = deletes.len();
+        for key in deletes {
+            send(SourceEvent::Delete(key));
+        }
+        if !batch.is_empty() {
+            sink.handle_batch(batch);
+        }
         (applied, deleted)
     }
 }
@@ -2123,6 +2144,66 @@ metadata:
         std::fs::rename(&moved, f.dir.path()).unwrap();
         assert_eq!(f.rescan(), Vec::<String>::new());
         assert!(!f.source.dir_unreadable);
+    }
+
+    /// Records the size of every batch and its events' kinds.
+    #[derive(Default)]
+    struct Batches(Mutex<Vec<(usize, usize)>>);
+
+    impl EventSink for Batches {
+        fn handle(&self, event: SourceEvent) {
+            self.handle_batch(vec![event]);
+        }
+        fn handle_batch(&self, events: Vec<SourceEvent>) {
+            let deletes = events
+                .iter()
+                .filter(|e| matches!(e, SourceEvent::Delete(_)))
+                .count();
+            self.0
+                .lock()
+                .unwrap()
+                .push((events.len() - deletes, deletes));
+        }
+    }
+
+    #[test]
+    fn a_large_directory_goes_to_the_zone_in_batches_applies_first() {
+        let services: String = (0..1200)
+            .map(|i| {
+                svc(
+                    "default",
+                    &format!("s{i}"),
+                    &format!("10.0.{}.{}", i / 250, i % 250),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("---\n");
+        let mut fx = Fixture::new(&[("a.yaml", &services)]);
+        let sink = Batches::default();
+        fx.source.load_initial(&sink).unwrap();
+        // Three batches of applies (at most EMIT_BATCH each), then InitialSyncDone alone.
+        assert_eq!(
+            *sink.0.lock().unwrap(),
+            [(500, 0), (500, 0), (200, 0), (1, 0)]
+        );
+        sink.0.lock().unwrap().clear();
+        // 700 move to another file unchanged (no event), 500 are gone, one changes: the
+        // apply goes before the deletes, and batches stay within EMIT_BATCH.
+        let moved: String = (500..1200)
+            .map(|i| {
+                let ip = if i == 1199 {
+                    "10.9.9.9".to_string()
+                } else {
+                    format!("10.0.{}.{}", i / 250, i % 250)
+                };
+                svc("default", &format!("s{i}"), &ip)
+            })
+            .collect::<Vec<_>>()
+            .join("---\n");
+        fx.write("b.yaml", &moved);
+        std::fs::remove_file(fx.path("a.yaml")).unwrap();
+        fx.source.scan_logged(&sink, &ScanPlan::Full);
+        assert_eq!(*sink.0.lock().unwrap(), [(1, 499), (0, 1)]);
     }
 
     // ---- the watch ----
