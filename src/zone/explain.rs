@@ -285,7 +285,7 @@ impl Zone {
     pub fn dump(&self) -> Vec<Record> {
         let mut records = vec![self.soa()];
         for node in self.index.iter() {
-            records.extend(node.records().cloned());
+            records.extend(node.records().map(|r| r.to_record(node.key())));
         }
         let mut keyed: Vec<(Name, u16, String, Record)> = records
             .into_iter()

@@ -36,7 +36,9 @@ use dashmap::DashMap;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{NS, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use records::{EndpointInfo, PodInfo, RecordsByName, Rejection, ServiceInfo, SliceInfo};
+use records::{
+    EndpointInfo, PodInfo, RecordsByName, Rejection, ServiceInfo, SliceInfo, StoredRecord,
+};
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -113,13 +115,13 @@ const STATIC_OWNER: OwnerId = 0;
 #[derive(Debug, Default)]
 struct Node {
     /// Records per owner. An owner with no records makes the name exist (NODATA).
-    owners: Vec<(OwnerId, Arc<[Record]>)>,
+    owners: Vec<(OwnerId, Arc<[StoredRecord]>)>,
     /// How many names lie directly below this one: an empty non-terminal exists too.
     children: u32,
 }
 
 impl Node {
-    fn records(&self) -> impl Iterator<Item = &Record> {
+    fn records(&self) -> impl Iterator<Item = &StoredRecord> {
         self.owners.iter().flat_map(|(_, records)| records.iter())
     }
     fn is_unused(&self) -> bool {
@@ -131,15 +133,15 @@ impl Node {
 /// map, because a map node reserves room for 11 entries (about 1 KB with hickory names)
 /// where most Services publish two to four names: at 50,000 Services the maps were 60 MB.
 #[derive(Debug, Default)]
-struct Published(Box<[(Name, Arc<[Record]>)]>);
+struct Published(Box<[(Name, Arc<[StoredRecord]>)]>);
 
 impl Published {
-    fn get(&self, name: &Name) -> Option<&Arc<[Record]>> {
+    fn get(&self, name: &Name) -> Option<&Arc<[StoredRecord]>> {
         let found = self.0.binary_search_by(|(n, _)| n.cmp(name)).ok()?;
         Some(&self.0[found].1)
     }
 
-    fn iter(&self) -> impl Iterator<Item = &(Name, Arc<[Record]>)> {
+    fn iter(&self) -> impl Iterator<Item = &(Name, Arc<[StoredRecord]>)> {
         self.0.iter()
     }
 
@@ -305,21 +307,19 @@ impl Zone {
         zone.put(
             &origin,
             STATIC_OWNER,
-            Arc::new([Record::from_rdata(
-                origin.clone(),
+            Arc::new([StoredRecord {
                 ttl,
-                RData::NS(NS(soa_mname)),
-            )]),
+                data: RData::NS(NS(soa_mname)),
+            }]),
         );
         let version = child("dns-version");
         zone.put(
             &version,
             STATIC_OWNER,
-            Arc::new([Record::from_rdata(
-                version.clone(),
-                DNS_VERSION_TTL,
-                RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_string()])),
-            )]),
+            Arc::new([StoredRecord {
+                ttl: DNS_VERSION_TTL,
+                data: RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_string()])),
+            }]),
         );
         zone.put(&child("svc"), STATIC_OWNER, Arc::new([]));
         zone.put(&child("pod"), STATIC_OWNER, Arc::new([]));
@@ -389,15 +389,12 @@ impl Zone {
                     && !matches!(qtype, RecordType::CNAME | RecordType::ANY)
                     && let Some(target) = cname_target(&node)
                 {
-                    let mut cname = node
+                    let cname = node
                         .records()
                         .find(|r| r.record_type() == RecordType::CNAME)
-                        .cloned();
+                        .map(|r| r.to_record(qname));
                     drop(node);
-                    if let Some(cname) = cname.as_mut() {
-                        cname.name = qname.clone();
-                        answer.answers.push(cname.clone());
-                    }
+                    answer.answers.extend(cname);
                     return self.follow_cname(target, qtype, answer);
                 }
                 true
@@ -436,9 +433,7 @@ impl Zone {
         let start = out.len();
         for record in node.records() {
             if qtype == RecordType::ANY || record.record_type() == qtype {
-                let mut record = record.clone();
-                record.name = qname.clone();
-                out.push(record);
+                out.push(record.to_record(qname));
             }
         }
         let added = out.len() - start;
@@ -476,7 +471,7 @@ impl Zone {
                 .records()
                 .find(|r| r.record_type() == RecordType::CNAME)
             {
-                answer.answers.push(cname.clone());
+                answer.answers.push(cname.to_record(node.key()));
             }
             target = next;
         }
@@ -495,7 +490,7 @@ impl Zone {
                 answer.additionals.extend(
                     node.records()
                         .filter(|r| matches!(r.record_type(), RecordType::A | RecordType::AAAA))
-                        .cloned(),
+                        .map(|r| r.to_record(node.key())),
                 );
             }
         }
@@ -580,7 +575,7 @@ impl Zone {
     }
 
     /// Sets `owner`'s records at `name`; creates the name (and links it to its parent).
-    fn put(&self, name: &Name, owner: OwnerId, records: Arc<[Record]>) {
+    fn put(&self, name: &Name, owner: OwnerId, records: Arc<[StoredRecord]>) {
         let mut created = false;
         {
             let mut node = self.index.entry(name.clone()).or_insert_with(|| {

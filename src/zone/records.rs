@@ -7,7 +7,7 @@
 
 use super::name::{dashed_ip, fqdn, is_valid_label, reverse_name};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SRV};
-use hickory_proto::rr::{Name, RData, Record};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -352,9 +352,32 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
     PodInfo { ips }
 }
 
+/// One record as the zone keeps it: its TTL and data. The owner name is the name it is
+/// filed under; a hickory [`Record`] carries a copy of its own (272 bytes a record plus the
+/// name's heap: ~90 MB of the 290,000 records of a 50,000-Service cluster).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Its TTL.
+    pub ttl: u32,
+    /// Its data.
+    pub data: RData,
+}
+
+impl StoredRecord {
+    /// Its type.
+    pub fn record_type(&self) -> RecordType {
+        self.data.record_type()
+    }
+
+    /// The record with `name` as its owner name (the spelling an answer echoes).
+    pub fn to_record(&self, name: &Name) -> Record {
+        Record::from_rdata(name.clone(), self.ttl, self.data.clone())
+    }
+}
+
 /// Every record one Service owns, by owner name (lower case, fully qualified).
 /// Each set is shared with the name index (one copy of every record, not two).
-pub type RecordsByName = BTreeMap<Name, Arc<[Record]>>;
+pub type RecordsByName = BTreeMap<Name, Arc<[StoredRecord]>>;
 
 /// Where the records of one Service live: `<svc>.<ns>.svc.<zone>`.
 pub fn service_name(service: &str, namespace: &str, origin: &Name) -> Option<Name> {
@@ -454,7 +477,7 @@ impl Builder {
                 let records = set
                     .data
                     .into_iter()
-                    .map(|d| Record::from_rdata(name.clone(), ttl, d))
+                    .map(|data| StoredRecord { ttl, data })
                     .collect();
                 (name, records)
             })
