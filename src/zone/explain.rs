@@ -362,9 +362,9 @@ impl Zone {
             node.owners
                 .iter()
                 .find(|(_, records)| {
-                    records
-                        .iter()
-                        .any(|r| r.record_type() == record.record_type() && r.data == record.data)
+                    records.iter().any(|r| {
+                        r.record_type() == record.record_type() && r.rdata() == record.data
+                    })
                 })
                 .map(|(owner, _)| *owner)?
         };

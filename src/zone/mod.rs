@@ -37,7 +37,8 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{NS, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use records::{
-    EndpointInfo, PodInfo, RecordsByName, Rejection, ServiceInfo, SliceInfo, StoredRecord,
+    EndpointInfo, PodInfo, RecordsByName, Rejection, ServiceInfo, SliceInfo, StoredData,
+    StoredRecord,
 };
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -307,19 +308,16 @@ impl Zone {
         zone.put(
             &origin,
             STATIC_OWNER,
-            Arc::new([StoredRecord {
-                ttl,
-                data: RData::NS(NS(soa_mname)),
-            }]),
+            Arc::new([StoredRecord::new(ttl, RData::NS(NS(soa_mname)))]),
         );
         let version = child("dns-version");
         zone.put(
             &version,
             STATIC_OWNER,
-            Arc::new([StoredRecord {
-                ttl: DNS_VERSION_TTL,
-                data: RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_string()])),
-            }]),
+            Arc::new([StoredRecord::new(
+                DNS_VERSION_TTL,
+                RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_string()])),
+            )]),
         );
         zone.put(&child("svc"), STATIC_OWNER, Arc::new([]));
         zone.put(&child("pod"), STATIC_OWNER, Arc::new([]));
@@ -1212,7 +1210,7 @@ impl EventSink for Zone {
 
 fn cname_target(node: &Node) -> Option<Name> {
     node.records().find_map(|r| match &r.data {
-        RData::CNAME(c) => Some(c.0.clone()),
+        StoredData::Cname(target) => Some(target.clone()),
         _ => None,
     })
 }

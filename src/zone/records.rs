@@ -360,18 +360,96 @@ pub struct StoredRecord {
     /// Its TTL.
     pub ttl: u32,
     /// Its data.
-    pub data: RData,
+    pub data: StoredData,
 }
 
 impl StoredRecord {
+    /// A record of `data`, kept compact.
+    pub fn new(ttl: u32, data: RData) -> StoredRecord {
+        StoredRecord {
+            ttl,
+            data: StoredData::from(data),
+        }
+    }
+
     /// Its type.
     pub fn record_type(&self) -> RecordType {
-        self.data.record_type()
+        match &self.data {
+            StoredData::A(_) => RecordType::A,
+            StoredData::Aaaa(_) => RecordType::AAAA,
+            StoredData::Ptr(_) => RecordType::PTR,
+            StoredData::Cname(_) => RecordType::CNAME,
+            StoredData::Srv { .. } => RecordType::SRV,
+            StoredData::Other(data) => data.record_type(),
+        }
+    }
+
+    /// Its data in hickory's form.
+    pub fn rdata(&self) -> RData {
+        match &self.data {
+            StoredData::A(ip) => RData::A(A(*ip)),
+            StoredData::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
+            StoredData::Ptr(name) => RData::PTR(PTR(name.clone())),
+            StoredData::Cname(name) => RData::CNAME(CNAME(name.clone())),
+            StoredData::Srv {
+                priority,
+                weight,
+                port,
+                target,
+            } => RData::SRV(SRV::new(*priority, *weight, *port, target.clone())),
+            StoredData::Other(data) => (**data).clone(),
+        }
     }
 
     /// The record with `name` as its owner name (the spelling an answer echoes).
     pub fn to_record(&self, name: &Name) -> Record {
-        Record::from_rdata(name.clone(), self.ttl, self.data.clone())
+        Record::from_rdata(name.clone(), self.ttl, self.rdata())
+    }
+}
+
+/// The data of the record types the zone holds by the hundred thousand, in as few bytes as
+/// they need (hickory's `RData` is 184 bytes whatever the type); anything else (the apex NS,
+/// the schema TXT) as hickory has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoredData {
+    /// A.
+    A(std::net::Ipv4Addr),
+    /// AAAA.
+    Aaaa(std::net::Ipv6Addr),
+    /// PTR.
+    Ptr(Name),
+    /// CNAME.
+    Cname(Name),
+    /// SRV.
+    Srv {
+        /// Priority.
+        priority: u16,
+        /// Weight.
+        weight: u16,
+        /// Port.
+        port: u16,
+        /// Target.
+        target: Name,
+    },
+    /// Any other type.
+    Other(Box<RData>),
+}
+
+impl From<RData> for StoredData {
+    fn from(data: RData) -> StoredData {
+        match data {
+            RData::A(A(ip)) => StoredData::A(ip),
+            RData::AAAA(AAAA(ip)) => StoredData::Aaaa(ip),
+            RData::PTR(PTR(name)) => StoredData::Ptr(name),
+            RData::CNAME(CNAME(name)) => StoredData::Cname(name),
+            RData::SRV(srv) => StoredData::Srv {
+                priority: srv.priority,
+                weight: srv.weight,
+                port: srv.port,
+                target: srv.target,
+            },
+            other => StoredData::Other(Box::new(other)),
+        }
     }
 }
 
@@ -477,7 +555,7 @@ impl Builder {
                 let records = set
                     .data
                     .into_iter()
-                    .map(|data| StoredRecord { ttl, data })
+                    .map(|data| StoredRecord::new(ttl, data))
                     .collect();
                 (name, records)
             })

@@ -1051,3 +1051,34 @@ fn a_batch_rebuilds_each_service_once_and_answers_as_if_applied_one_by_one() {
     assert_eq!(addresses(&batched), addresses(&one_by_one));
     assert_eq!(batched.name_count(), one_by_one.name_count());
 }
+
+#[test]
+fn stored_records_give_back_the_record_they_were_made_of() {
+    use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SRV, TXT};
+    let target = Name::from_ascii("web-0.web.default.svc.cluster.local.").unwrap();
+    let owner = Name::from_ascii("Web.Default.svc.cluster.local.").unwrap();
+    let cases = [
+        (RData::A(A::new(192, 0, 2, 1)), RecordType::A),
+        (
+            RData::AAAA(AAAA::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+            RecordType::AAAA,
+        ),
+        (RData::PTR(PTR(target.clone())), RecordType::PTR),
+        (RData::CNAME(CNAME(target.clone())), RecordType::CNAME),
+        (
+            RData::SRV(SRV::new(1, 2, 8080, target.clone())),
+            RecordType::SRV,
+        ),
+        (RData::NS(NS(target.clone())), RecordType::NS),
+        (RData::TXT(TXT::new(vec!["1.1.0".into()])), RecordType::TXT),
+    ];
+    for (data, rtype) in cases {
+        let stored = StoredRecord::new(7, data.clone());
+        assert_eq!(stored.record_type(), rtype);
+        let record = stored.to_record(&owner);
+        assert_eq!(record.data, data, "{rtype}");
+        assert_eq!(record.ttl, 7);
+        // The spelling asked for, not a stored one.
+        assert_eq!(record.name.to_ascii(), "Web.Default.svc.cluster.local.");
+    }
+}
