@@ -651,7 +651,7 @@ fn excluded_endpoints(
         return Vec::new();
     };
     let mut out = Vec::new();
-    for slice_name in &entry.slices {
+    for slice_name in entry.slices.iter() {
         let Some(slice) = state
             .slices
             .get(&(namespace.to_string(), slice_name.clone()))
@@ -709,7 +709,7 @@ fn service_record_source(
         RData::SRV(srv) => (None, first_label(&srv.target)),
         _ => (None, None),
     };
-    for slice_name in &entry.slices {
+    for slice_name in entry.slices.iter() {
         let Some(slice) = state
             .slices
             .get(&(namespace.to_string(), slice_name.clone()))

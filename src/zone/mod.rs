@@ -162,11 +162,38 @@ impl From<RecordsByName> for Published {
     }
 }
 
+/// The names of a Service's EndpointSlices, sorted: a vector, not a set (a set's first node
+/// reserves room for 11 names, where a Service has one slice, or a few).
+#[derive(Debug, Default)]
+struct SliceNames(Vec<String>);
+
+impl SliceNames {
+    fn insert(&mut self, name: String) {
+        if let Err(at) = self.0.binary_search(&name) {
+            self.0.insert(at, name);
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Ok(at) = self.0.binary_search_by(|n| n.as_str().cmp(name)) {
+            self.0.remove(at);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &String> {
+        self.0.iter()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 #[derive(Debug)]
 struct ServiceEntry {
     owner: OwnerId,
     info: Option<ServiceInfo>,
-    slices: BTreeSet<String>,
+    slices: SliceNames,
     published: Published,
     /// Endpoints that left this Service's slices and are still published until their grace
     /// ends (each with the ports of the slice they left).
@@ -181,7 +208,7 @@ impl ServiceEntry {
             owner,
             origin: None,
             info: None,
-            slices: BTreeSet::new(),
+            slices: SliceNames::default(),
             published: Published::default(),
             lingering: Vec::new(),
         }
