@@ -6,7 +6,6 @@ mod support;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
-use std::net::UdpSocket;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use support::*;
@@ -37,11 +36,7 @@ fn dnsmasq_as_upstream_answers_caches_and_falls_back_to_tcp() {
         println!("skipped: dnsmasq is not installed (apt-get install dnsmasq-base)");
         return;
     };
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = unused_port();
     let txt = big_txt();
     let child = Command::new(binary)
         .args([

@@ -3,9 +3,9 @@
 
 mod support;
 
-use hickory_proto::op::ResponseCode;
+use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -83,11 +83,80 @@ fn answers_are_cached_and_their_ttl_counts_down() {
     assert_eq!(upstream.count(), 2);
 }
 
+/// A cache hit asked again is answered from its bytes (`clusterdns_prebuilt_answers_total
+/// {source="cache"}`): the same answer the cache gives, TTLs counted down, every hit counted.
+#[test]
+fn a_repeated_cache_hit_is_answered_from_its_bytes_with_ttls_counted_down() {
+    let upstream = FakeUpstream::start(UpstreamMode::Answer);
+    let (server, _dir) = server(&[upstream.addr], &format!("{FAST}[cache]\nprefetch = 0\n"));
+    let prebuilt = || server.metric("clusterdns_prebuilt_answers_total", "source=\"cache\"");
+    let check = |answer: &Message, ttl: std::ops::RangeInclusive<u32>, what: &str| {
+        assert_eq!(
+            answer.metadata.response_code,
+            ResponseCode::NoError,
+            "{what}"
+        );
+        assert!(!answer.metadata.authoritative, "{what}: AA");
+        assert!(answer.metadata.recursion_available, "{what}: RA");
+        assert!(!answer.metadata.truncation, "{what}: TC");
+        assert_eq!(
+            rdata(&answer.answers, RecordType::A),
+            [upstream_a()],
+            "{what}"
+        );
+        assert!(
+            ttl.contains(&answer.answers[0].ttl),
+            "{what}: TTL {}",
+            answer.answers[0].ttl
+        );
+        assert!(answer.authorities.is_empty(), "{what}");
+    };
+    for (round, transport) in ["udp", "tcp"].into_iter().enumerate() {
+        let ask = |q: &Message| match transport {
+            "udp" => server.udp(q),
+            _ => server.tcp(q),
+        };
+        let before = prebuilt();
+        // The second answer is a cache hit built the full way; the third comes from its bytes.
+        for _ in 0..3 {
+            check(
+                &ask(&query("www.example.org.", RecordType::A)),
+                295..=300,
+                transport,
+            );
+        }
+        assert_eq!(
+            prebuilt() - before,
+            1.0 + f64::from(round > 0),
+            "{transport}"
+        );
+        let mut no_rd = query("www.example.org.", RecordType::A);
+        no_rd.metadata.recursion_desired = false;
+        let answer = ask(&no_rd);
+        assert!(!answer.metadata.recursion_desired, "{transport}: RD echoed");
+        check(&answer, 295..=300, transport);
+    }
+    // Each transport has its own bytes: every hit but the first of each came from them.
+    let from_bytes = prebuilt();
+    assert_eq!(from_bytes, 5.0, "UDP: 1 + no RD, TCP: 2 + no RD");
+    std::thread::sleep(Duration::from_millis(2100));
+    let later = server.udp(&query("www.example.org.", RecordType::A));
+    check(&later, 290..=298, "2 s later");
+    assert_eq!(prebuilt(), from_bytes + 1.0, "still from the bytes");
+    assert_eq!(upstream.count(), 1, "one upstream question in all");
+    assert_eq!(
+        server.metric("coredns_cache_hits_total", "type=\"success\""),
+        8.0,
+        "every answer after the first is a cache hit, whoever built it"
+    );
+}
+
 #[test]
 fn nxdomain_is_cached_with_its_soa_for_the_negative_ttl() {
     let upstream = FakeUpstream::start(UpstreamMode::Answer);
     let (server, _dir) = server(&[upstream.addr], FAST);
-    for round in 0..2 {
+    // Miss, hit, and a hit from the hit's bytes: the same answer each time.
+    for round in 0..3 {
         let answer = server.udp(&query("missing.nx.example.org.", RecordType::A));
         assert_eq!(
             answer.metadata.response_code,
@@ -106,6 +175,10 @@ fn nxdomain_is_cached_with_its_soa_for_the_negative_ttl() {
     assert_eq!(upstream.count(), 1);
     assert_eq!(
         server.metric("coredns_cache_hits_total", "type=\"denial\""),
+        2.0
+    );
+    assert_eq!(
+        server.metric("clusterdns_prebuilt_answers_total", "source=\"cache\""),
         1.0
     );
 }
@@ -254,11 +327,7 @@ fn stub_domains_route_by_longest_suffix() {
 fn an_upstream_that_loops_back_is_dropped_and_the_zone_keeps_serving() {
     // The server will listen on `port`; the relay sends everything back to it, as a
     // resolv.conf naming the node's own stub resolver would.
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = unused_port();
     let listen: SocketAddr = ([127, 0, 0, 1], port).into();
     let relay = FakeUpstream::start(UpstreamMode::Relay(listen));
     let dir = tempfile::tempdir().expect("tempdir");

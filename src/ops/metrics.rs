@@ -45,8 +45,9 @@ pub struct Metrics {
     pub malformed_packets: IntCounterVec,
     /// UDP responses that did not fit the client's payload size and went out with TC set.
     pub truncated_responses: IntCounter,
-    /// Zone answers sent as prebuilt bytes (a repeated question, the zone unchanged since).
-    pub prebuilt_answers: IntCounter,
+    /// Answers sent as prebuilt bytes, by `source`: `zone` (a repeated question, the zone
+    /// unchanged since) or `cache` (a repeated cache hit, its TTLs counted down).
+    pub prebuilt_answers: IntCounterVec,
     /// Objects a source could not use, by kind and reason.
     pub objects_rejected: IntCounterVec,
     /// Manifest files that failed to parse (each failed load counts once).
@@ -240,9 +241,10 @@ impl Metrics {
                 "clusterdns_truncated_responses_total",
                 "UDP responses sent with TC set because they did not fit.",
             ),
-            prebuilt_answers: counter(
+            prebuilt_answers: counter_vec(
                 "clusterdns_prebuilt_answers_total",
-                "Zone answers sent as prebuilt bytes (a repeated question, the zone unchanged since it was built).",
+                "Answers sent as prebuilt bytes, by source: zone (the zone unchanged since they were built) or cache (a cache hit repeated, TTLs counted down).",
+                &["source"],
             ),
             objects_rejected: counter_vec(
                 "clusterdns_objects_rejected_total",

@@ -11,7 +11,7 @@
 //! socket's task, and only a question that needs the upstream becomes a [`Pending`] that the
 //! server runs as a task. The handler owns no socket.
 
-use super::prebuilt::{PrebuiltAnswers, SimpleQuery};
+use super::prebuilt::{Current, PrebuiltAnswers, PrebuiltKey, SimpleQuery, Validity};
 use super::rate_limit::{RateLimiter, Verdict};
 use crate::config::AclConfig;
 use crate::ops::explain::{self, ExplainContext};
@@ -70,6 +70,8 @@ pub struct Pending {
     /// Set when a CNAME chain from the zone left it: the upstream is asked for the target and
     /// its answer is appended to the zone's part.
     chain: Option<(ZoneAnswer, Name)>,
+    /// Where a cache hit's bytes are kept for the same question (a plain forwarded query).
+    prebuilt_key: Option<PrebuiltKey>,
 }
 
 /// The answer to build, whatever path produced it.
@@ -158,8 +160,15 @@ pub struct Handler {
     rate_limit: ArcSwap<Option<RateLimiter>>,
     /// Questions waiting on the upstream path right now (shutdown waits for them).
     in_flight: std::sync::atomic::AtomicUsize,
-    /// Zone answers as wire bytes, for repeated questions.
+    /// Zone answers and cache hits as wire bytes, for repeated questions.
     prebuilt: PrebuiltAnswers,
+    /// `clusterdns_prebuilt_answers_total` for `zone` and `cache`.
+    prebuilt_counts: [prometheus::IntCounter; 2],
+    /// The zone generation the prebuilt table was last sized at.
+    prebuilt_fitted: AtomicU64,
+    /// Changed each time the upstream path is swapped: a cache hit kept as bytes is only
+    /// served while the path it came from is the one in use.
+    upstream_generation: AtomicU64,
     /// `--trace-name`: the one name whose queries are logged with their explanation.
     trace: ArcSwapOption<Trace>,
 }
@@ -258,13 +267,17 @@ impl Handler {
         Handler {
             zone,
             upstream: ArcSwap::new(upstream),
-            metrics,
+            metrics: metrics.clone(),
             max_udp_payload: max_udp_payload.max(MIN_UDP_PAYLOAD),
             query_log: AtomicU64::new(QUERY_LOG_OFF),
             acl: ArcSwap::new(Arc::new(Acl::from(&AclConfig::default()))),
             rate_limit: ArcSwap::new(Arc::new(None)),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             prebuilt: PrebuiltAnswers::default(),
+            prebuilt_counts: ["zone", "cache"]
+                .map(|source| metrics.prebuilt_answers.with_label_values(&[source])),
+            prebuilt_fitted: AtomicU64::new(u64::MAX),
+            upstream_generation: AtomicU64::new(0),
             trace: ArcSwapOption::empty(),
         }
     }
@@ -392,7 +405,10 @@ impl Handler {
 
     /// Replaces the upstream path (config reload).
     pub fn set_upstream(&self, upstream: Arc<Resolver>) {
+        // Swapped before the generation moves on: an answer taken from the old path is
+        // then tagged with the old generation (see `finish`), never with the new one.
         self.upstream.store(upstream);
+        self.upstream_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     fn malformed(&self, reason: &str) {
@@ -431,8 +447,11 @@ impl Handler {
             return Outcome::Drop;
         }
         let simple = SimpleQuery::parse(packet);
-        if let Some(query) = &simple
-            && let Some(outcome) = self.prebuilt_answer(packet, query, peer, listener, started)
+        let prebuilt_key = simple
+            .as_ref()
+            .and_then(|query| query.key(packet, self.udp_cap(transport)));
+        if let (Some(query), Some(key)) = (&simple, &prebuilt_key)
+            && let Some(outcome) = self.prebuilt_answer(packet, query, key, peer, listener, started)
         {
             return outcome;
         }
@@ -550,15 +569,19 @@ impl Handler {
                     request,
                     message,
                     chain: Some((answer, target)),
+                    prebuilt_key: None,
                 })),
                 None => {
                     let rcode = answer.rcode;
                     let same_for_everyone = !rotates(&answer);
                     let bytes = self.respond(listener, &request, Response::from_zone(answer));
-                    if let Some(simple) = simple.as_ref().filter(|_| same_for_everyone) {
-                        let limit = self.udp_cap(transport);
+                    if let Some(key) = prebuilt_key.as_ref().filter(|_| same_for_everyone) {
+                        if self.prebuilt_fitted.swap(generation, Ordering::Relaxed) != generation {
+                            // The zone changed since the table was sized: it may have grown.
+                            self.prebuilt.fit(self.zone.name_count());
+                        }
                         self.prebuilt
-                            .keep(packet, simple, limit, generation, rcode, &bytes);
+                            .keep(key, Validity::Zone { generation }, rcode, &bytes);
                     }
                     Outcome::Reply(bytes)
                 }
@@ -587,6 +610,7 @@ impl Handler {
                 request,
                 message,
                 chain: None,
+                prebuilt_key,
             })),
         }
     }
@@ -596,36 +620,48 @@ impl Handler {
         (transport == Transport::Udp).then_some(self.max_udp_payload)
     }
 
-    /// A prebuilt answer to a repeated zone question: the same bytes the full path would
-    /// build, with the request's id and flags. Counted like any answer. The full path runs
-    /// instead wherever it decides per client or per query: access lists that refuse this
-    /// client, the UDP rate limit, the query log and `--trace-name`, the test panic hook.
+    /// A prebuilt answer to a repeated question (a zone answer, or a cache hit for a client
+    /// that may have names forwarded): the same bytes the full path would build, with the
+    /// request's id and flags (and TTLs counted down). Counted like any answer. The full path
+    /// runs instead wherever it decides per client or per query: access lists that refuse
+    /// this client, the UDP rate limit, the query log and `--trace-name`, the test panic hook.
     fn prebuilt_answer(
         &self,
         packet: &[u8],
         query: &SimpleQuery,
+        key: &PrebuiltKey,
         peer: SocketAddr,
         listener: &Arc<QueryMetrics>,
         started: Instant,
     ) -> Option<Outcome> {
         let transport = listener.proto();
+        let acl = self.acl.load();
         if self.query_log.load(Ordering::Relaxed) != QUERY_LOG_OFF
             || self.trace.load().is_some()
             || super::injected_panic_armed()
             || (transport == Transport::Udp && self.rate_limit.load().is_some())
-            || !self.acl.load().allows(peer.ip())
+            || !acl.allows(peer.ip())
         {
             return None;
         }
-        let generation = self.zone.generation();
-        let (rcode, bytes) =
-            self.prebuilt
-                .answer(packet, query, self.udp_cap(transport), generation)?;
-        self.metrics.prebuilt_answers.inc();
+        let current = Current {
+            zone_generation: self.zone.generation(),
+            upstream_generation: self.upstream_generation.load(Ordering::Acquire),
+            // The cache counts TTLs down on tokio's clock, which is this one (no paused time).
+            now: started,
+            may_forward: &|| acl.may_forward(peer.ip()),
+        };
+        let hit = self.prebuilt.answer(packet, key, &current)?;
+        let by = if hit.from_cache {
+            AnsweredBy::Upstream
+        } else {
+            AnsweredBy::Zone
+        };
+        self.prebuilt_counts[usize::from(hit.from_cache)].inc();
         let qtype = Some(query.qtype());
         listener.request(qtype, packet.len(), query.dnssec_ok());
-        listener.response(qtype, rcode, AnsweredBy::Zone, bytes.len(), started);
-        Some(Outcome::Reply(bytes))
+        listener.response(qtype, hit.rcode, by, hit.bytes.len(), started);
+        Some(Outcome::Reply(hit.bytes))
     }
 
     /// Completes a question that needed the upstream. Always yields an answer: SERVFAIL when
@@ -637,10 +673,17 @@ impl Handler {
             request,
             message,
             chain,
+            prebuilt_key,
         } = *pending;
+        // Read before the path is loaded: see `set_upstream`.
+        let upstream_generation = self.upstream_generation.load(Ordering::Acquire);
+        let mut reuse = None;
         let response = match chain {
             None => match self.upstream.load_full().resolve(&message).await {
-                Ok(upstream) => Response::from_upstream(upstream),
+                Ok(mut upstream) => {
+                    reuse = upstream.reuse.take();
+                    Response::from_upstream(upstream)
+                }
                 Err(error) => {
                     debug!(%error, "upstream path failed");
                     Response::error(upstream_failure_rcode(&error))
@@ -651,7 +694,16 @@ impl Handler {
                     .await
             }
         };
-        self.respond(&listener, &request, response)
+        let rcode = response.rcode;
+        let bytes = self.respond(&listener, &request, response);
+        if let (Some(reuse), Some(key)) = (reuse, prebuilt_key) {
+            let validity = Validity::Cache {
+                reuse,
+                upstream_generation,
+            };
+            self.prebuilt.keep(&key, validity, rcode, &bytes);
+        }
+        bytes
     }
 
     /// An ExternalName's CNAME left the zone: ask the upstream for the target and include the

@@ -1,28 +1,42 @@
-//! Prebuilt zone answers: the wire bytes of recent answers from the cluster zone, so that a
-//! repeated question is answered by copying bytes and patching the id and two flags, without
-//! parsing the query, looking it up or encoding the answer (what Knot DNS gains by preparing
-//! answers ahead; here they are prepared at first use).
+//! Prebuilt answers: the wire bytes of recent answers, so that a repeated question is
+//! answered by copying bytes and patching the id and two flags, without parsing the query,
+//! looking it up or encoding the answer (what Knot DNS gains by preparing answers ahead; here
+//! they are prepared at first use).
 //!
 //! An answer is keyed by the question exactly as the client sent it (name bytes in the
 //! client's case, type, class) and by what shapes the bytes (UDP or TCP, EDNS and its DO bit,
-//! the UDP size limit). It is valid while the zone's generation is the one it was built at:
-//! any change to the zone makes every prebuilt answer stale at once, so an answer is never
-//! older than the zone. Only answers that are the same for every client are prebuilt (the
-//! handler decides: zone answers without multi-address rotation, for clients the access lists
-//! allow).
+//! the UDP size limit). Two kinds are kept:
+//! - zone answers, valid while the zone's generation is the one they were built at: any
+//!   change to the zone makes every one stale at once, so an answer is never older than the
+//!   zone;
+//! - cache hits for upstream names, valid within the cache entry's [`Reuse`] window (never
+//!   past its TTL, nor past the point where a popular entry is prefetched), with every TTL
+//!   field counted down as the cache counts, and only for clients that may have names
+//!   forwarded; every one is counted as the cache counts a hit.
 //!
-//! Owns: the query shape check and the byte cache. Must not: decide an answer.
+//! Only answers that are the same for every client are prebuilt (the handler decides: no
+//! multi-address rotation, for clients the access lists allow).
+//!
+//! Owns: the query shape check and the byte table. Must not: decide an answer.
 
+use crate::upstream::cache::Reuse;
+use arc_swap::ArcSwap;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use std::hash::BuildHasher;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
-/// Slots of the cache, a power of two. Each question has one slot (by hash); a question that
-/// lands on an occupied slot replaces what was there. Memory is bounded (a few hundred bytes
-/// a slot when full: under 10 MB) whatever the flood of distinct names, with no clearing
-/// storms, and a hot question is rebuilt at most once per zone change or collision.
-const SLOTS: usize = 32_768;
+/// Buckets of the table, a power of two between these bounds: about one per name in the
+/// zone (see [`PrebuiltAnswers::fit`]), so that the questions a cluster asks fit whatever its
+/// size. Each bucket holds two answers (by hash of the question); a third question landing
+/// on it replaces the one less recently answered. Memory is bounded (a few hundred bytes an
+/// answer when full: under 20 MB at the smallest size, under 150 MB at the largest, which
+/// only a zone of more than 130,000 names gets) whatever the flood of distinct names, with
+/// no clearing storms, and a hot question is rebuilt at most once per zone change or
+/// eviction.
+const MIN_BUCKETS: usize = 16_384;
+const MAX_BUCKETS: usize = 131_072;
 
 /// Longest key: a name (255) and the fixed fields.
 const MAX_KEY: usize = 255 + 4 + 3;
@@ -98,106 +112,306 @@ impl SimpleQuery {
         self.edns.is_some_and(|(_, dnssec_ok)| dnssec_ok)
     }
 
-    /// The cache key: question bytes, transport and EDNS shape, UDP limit.
-    fn key<'a>(
-        &self,
-        packet: &[u8],
-        udp_limit: Option<u16>,
-        buf: &'a mut [u8; MAX_KEY],
-    ) -> Option<&'a [u8]> {
+    /// The table key of this question: question bytes, transport and EDNS shape, UDP limit
+    /// (`udp_limit` is the server's cap over UDP, `None` over TCP).
+    pub fn key(&self, packet: &[u8], udp_limit: Option<u16>) -> Option<PrebuiltKey> {
         let question = packet.get(self.question.clone())?;
         let len = question.len();
-        buf.get_mut(..len)?.copy_from_slice(question);
+        let mut key = PrebuiltKey {
+            bytes: [0; MAX_KEY],
+            len: len + 3,
+        };
+        key.bytes.get_mut(..len)?.copy_from_slice(question);
         let (payload, dnssec_ok) = self.edns.unwrap_or((0, false));
-        buf[len] = u8::from(self.edns.is_some()) | u8::from(dnssec_ok) << 1;
+        key.bytes[len] = u8::from(self.edns.is_some()) | u8::from(dnssec_ok) << 1;
         let limit = match (udp_limit, self.edns) {
             (None, _) => 0, // TCP: never truncated
             (Some(cap), Some(_)) => payload.clamp(512, cap.max(512)),
             (Some(_), None) => 512,
         };
-        buf[len + 1..len + 3].copy_from_slice(&limit.to_be_bytes());
-        Some(&buf[..len + 3])
+        key.bytes[len + 1..len + 3].copy_from_slice(&limit.to_be_bytes());
+        Some(key)
     }
+}
+
+/// Which prebuilt answer a question may take: its bytes and shape, kept on the stack (a
+/// question waiting on the upstream carries it to where its answer is kept).
+#[derive(Clone)]
+pub struct PrebuiltKey {
+    bytes: [u8; MAX_KEY],
+    len: usize,
+}
+
+impl PrebuiltKey {
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl std::fmt::Debug for PrebuiltKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PrebuiltKey({} bytes)", self.len)
+    }
+}
+
+/// How long an answer's bytes stay right, as the handler tells [`PrebuiltAnswers::keep`].
+pub enum Validity {
+    /// A zone answer: while the zone is at this generation.
+    Zone {
+        /// The zone's generation the answer was built from.
+        generation: u64,
+    },
+    /// A cache hit for an upstream name: within the entry's reuse window, while the upstream
+    /// path is the one it came from.
+    Cache {
+        /// The cache entry's terms.
+        reuse: Reuse,
+        /// The upstream path's generation when the answer was looked up.
+        upstream_generation: u64,
+    },
+}
+
+/// What a question is checked against to take a prebuilt answer.
+pub struct Current<'a> {
+    /// The zone's generation now.
+    pub zone_generation: u64,
+    /// The upstream path's generation now (changed by every reload of it).
+    pub upstream_generation: u64,
+    /// When the question arrived.
+    pub now: Instant,
+    /// Whether this client may have names forwarded (asked only for a cached answer).
+    pub may_forward: &'a dyn Fn() -> bool,
+}
+
+/// A prebuilt answer taken: its rcode, its bytes for this request, and where it came from.
+pub struct Hit {
+    /// The answer's rcode.
+    pub rcode: ResponseCode,
+    /// The answer for this request.
+    pub bytes: Vec<u8>,
+    /// A cache hit for an upstream name (else a zone answer).
+    pub from_cache: bool,
+}
+
+enum Kept {
+    Zone {
+        generation: u64,
+    },
+    Cache {
+        reuse: Reuse,
+        upstream_generation: u64,
+        /// Where each TTL field of the answer is (every record but OPT).
+        ttls: Box<[u16]>,
+    },
 }
 
 struct Prebuilt {
     key: Box<[u8]>,
-    generation: u64,
+    kept: Kept,
     rcode: ResponseCode,
     bytes: Box<[u8]>,
 }
 
-/// The prebuilt answers of one handler: a direct-mapped table.
-pub struct PrebuiltAnswers {
-    slots: Box<[Mutex<Option<Prebuilt>>]>,
+/// Two answers whose questions hash alike, and which of them answered last.
+#[derive(Default)]
+struct Bucket {
+    ways: [Option<Box<Prebuilt>>; 2],
+    recent: usize,
+}
+
+/// A fixed number of buckets.
+struct Table {
+    buckets: Box<[Mutex<Bucket>]>,
     hasher: std::hash::RandomState,
+}
+
+impl Table {
+    fn new(buckets: usize) -> Table {
+        Table {
+            buckets: (0..buckets).map(|_| Mutex::default()).collect(),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    fn bucket(&self, key: &[u8]) -> MutexGuard<'_, Bucket> {
+        let index = (self.hasher.hash_one(key) as usize) & (self.buckets.len() - 1);
+        // A panic while a bucket was held leaves nothing half-written worth keeping.
+        self.buckets[index]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The prebuilt answers of one handler: a two-way set-associative table, sized to the zone.
+pub struct PrebuiltAnswers {
+    table: ArcSwap<Table>,
 }
 
 impl Default for PrebuiltAnswers {
     fn default() -> Self {
         PrebuiltAnswers {
-            slots: (0..SLOTS).map(|_| Mutex::new(None)).collect(),
-            hasher: std::hash::RandomState::new(),
+            table: ArcSwap::from_pointee(Table::new(MIN_BUCKETS)),
         }
     }
 }
 
 impl PrebuiltAnswers {
-    fn slot(&self, key: &[u8]) -> MutexGuard<'_, Option<Prebuilt>> {
-        let index = (self.hasher.hash_one(key) as usize) & (SLOTS - 1);
-        // A panic while a slot was held leaves nothing half-written worth keeping.
-        self.slots[index].lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The answer to `query` (in `packet`, over UDP with `udp_limit` or TCP with `None`) if one
-    /// was built at zone generation `generation`: its rcode and bytes, with the request's id,
-    /// RD and CD.
-    pub fn answer(
-        &self,
-        packet: &[u8],
-        query: &SimpleQuery,
-        udp_limit: Option<u16>,
-        generation: u64,
-    ) -> Option<(ResponseCode, Vec<u8>)> {
-        let mut buf = [0u8; MAX_KEY];
-        let key = query.key(packet, udp_limit, &mut buf)?;
-        let slot = self.slot(key);
-        let prebuilt = slot.as_ref()?;
-        if prebuilt.generation != generation || *prebuilt.key != *key {
-            return None;
+    /// Sizes the table for a zone of `names` names: a bucket per name, within the bounds. A
+    /// new size starts empty (answers are rebuilt at their next question); the same size
+    /// keeps everything.
+    pub fn fit(&self, names: usize) {
+        let wanted = names
+            .max(1)
+            .next_power_of_two()
+            .clamp(MIN_BUCKETS, MAX_BUCKETS);
+        if self.table.load().buckets.len() != wanted {
+            self.table.store(Arc::new(Table::new(wanted)));
         }
-        let mut bytes = prebuilt.bytes.to_vec();
-        bytes[0] = packet[0];
-        bytes[1] = packet[1];
-        bytes[2] = (bytes[2] & !0x01) | (packet[2] & 0x01); // RD
-        bytes[3] = (bytes[3] & !0x10) | (packet[3] & 0x10); // CD
-        Some((prebuilt.rcode, bytes))
     }
 
-    /// Keeps `bytes`, the answer to `query` built from the zone at `generation`.
-    pub fn keep(
-        &self,
-        packet: &[u8],
-        query: &SimpleQuery,
-        udp_limit: Option<u16>,
-        generation: u64,
-        rcode: ResponseCode,
-        bytes: &[u8],
-    ) {
+    /// How many answers the table can hold.
+    pub fn capacity(&self) -> usize {
+        self.table.load().buckets.len() * 2
+    }
+
+    /// The answer kept for `key` if it is still right by `current`: its bytes with the
+    /// request's id, RD and CD (from `packet`), and for a cache hit its TTLs counted down.
+    pub fn answer(&self, packet: &[u8], key: &PrebuiltKey, current: &Current<'_>) -> Option<Hit> {
+        let key = key.as_bytes();
+        let table = self.table.load();
+        let mut bucket = table.bucket(key);
+        let way = bucket
+            .ways
+            .iter()
+            .position(|way| way.as_ref().is_some_and(|p| *p.key == *key))?;
+        bucket.recent = way;
+        let prebuilt = bucket.ways[way].as_deref()?;
+        let countdown = match &prebuilt.kept {
+            Kept::Zone { generation } => {
+                if *generation != current.zone_generation {
+                    return None;
+                }
+                None
+            }
+            Kept::Cache {
+                reuse,
+                upstream_generation,
+                ttls,
+            } => {
+                if *upstream_generation != current.upstream_generation
+                    || current.now >= reuse.until()
+                    || !(current.may_forward)()
+                {
+                    return None;
+                }
+                Some((reuse, ttls, reuse.countdown(current.now)))
+            }
+        };
+        let mut bytes = prebuilt.bytes.to_vec();
+        bytes[0] = *packet.first()?;
+        bytes[1] = *packet.get(1)?;
+        bytes[2] = (bytes[2] & !0x01) | (packet.get(2)? & 0x01); // RD
+        bytes[3] = (bytes[3] & !0x10) | (packet.get(3)? & 0x10); // CD
+        let from_cache = countdown.is_some();
+        if let Some((reuse, ttls, countdown)) = countdown {
+            if countdown > 0 {
+                for &at in ttls.iter() {
+                    let at = usize::from(at);
+                    let field = bytes.get_mut(at..at + 4)?;
+                    let ttl = u32::from_be_bytes([field[0], field[1], field[2], field[3]]);
+                    field.copy_from_slice(&ttl.saturating_sub(countdown).to_be_bytes());
+                }
+            }
+            reuse.count_hit();
+        }
+        Some(Hit {
+            rcode: prebuilt.rcode,
+            bytes,
+            from_cache,
+        })
+    }
+
+    /// Keeps `bytes`, the answer to the question `key`, for as long as `validity` says.
+    pub fn keep(&self, key: &PrebuiltKey, validity: Validity, rcode: ResponseCode, bytes: &[u8]) {
         // A truncated answer is left to the full path, which counts it.
         if bytes.len() < 12 || bytes[2] & 0x02 != 0 {
             return;
         }
-        let mut buf = [0u8; MAX_KEY];
-        let Some(key) = query.key(packet, udp_limit, &mut buf) else {
-            return;
+        let kept = match validity {
+            Validity::Zone { generation } => Kept::Zone { generation },
+            Validity::Cache {
+                reuse,
+                upstream_generation,
+            } => {
+                let Some(ttls) = ttl_fields(bytes) else {
+                    return;
+                };
+                Kept::Cache {
+                    reuse,
+                    upstream_generation,
+                    ttls: ttls.into(),
+                }
+            }
         };
-        *self.slot(key) = Some(Prebuilt {
+        let key = key.as_bytes();
+        let table = self.table.load();
+        let mut bucket = table.bucket(key);
+        let way = bucket
+            .ways
+            .iter()
+            .position(|way| way.as_ref().is_some_and(|p| *p.key == *key))
+            .or_else(|| bucket.ways.iter().position(Option::is_none))
+            .unwrap_or(1 - bucket.recent);
+        bucket.ways[way] = Some(Box::new(Prebuilt {
             key: key.into(),
-            generation,
+            kept,
             rcode,
             bytes: bytes.into(),
-        });
+        }));
+        bucket.recent = way;
+    }
+}
+
+/// The offsets of the TTL field of every record in `message` except OPT (whose "TTL" holds
+/// EDNS flags); `None` if the message does not walk cleanly to its end.
+fn ttl_fields(message: &[u8]) -> Option<Vec<u16>> {
+    let count = |at: usize| -> Option<usize> {
+        Some(usize::from(u16::from_be_bytes([
+            *message.get(at)?,
+            *message.get(at + 1)?,
+        ])))
+    };
+    let (questions, records) = (count(4)?, count(6)? + count(8)? + count(10)?);
+    let mut at = 12;
+    for _ in 0..questions {
+        at = skip_name(message, at)? + 4;
+    }
+    let mut ttls = Vec::with_capacity(records);
+    for _ in 0..records {
+        at = skip_name(message, at)?;
+        let rtype = count(at)?;
+        let rdata_len = count(at + 8)?;
+        if rtype != 41 {
+            ttls.push(u16::try_from(at + 4).ok()?);
+        }
+        at += 10 + rdata_len;
+    }
+    (at == message.len()).then_some(ttls)
+}
+
+/// The offset just past the name at `at`: labels up to the root or a compression pointer.
+fn skip_name(message: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let len = *message.get(at)?;
+        match len {
+            0 => return Some(at + 1),
+            1..=63 => at += 1 + usize::from(len),
+            0xc0..=0xff => {
+                message.get(at + 1)?;
+                return Some(at + 2);
+            }
+            _ => return None,
+        }
     }
 }
 
@@ -250,55 +464,257 @@ mod tests {
         assert!(SimpleQuery::parse(&pointer).is_none());
     }
 
+    fn zone_at(generation: u64) -> Current<'static> {
+        Current {
+            zone_generation: generation,
+            upstream_generation: 0,
+            now: Instant::now(),
+            may_forward: &|| true,
+        }
+    }
+
+    fn key_of(packet: &[u8], udp_limit: Option<u16>) -> PrebuiltKey {
+        let query = SimpleQuery::parse(packet).expect("simple");
+        query.key(packet, udp_limit).expect("key")
+    }
+
     #[test]
     fn an_answer_is_served_for_its_exact_question_and_shape_at_its_generation_only() {
         let cache = PrebuiltAnswers::default();
         let packet = query("Web.default.", RecordType::A, Some((1232, false)));
-        let q = SimpleQuery::parse(&packet).unwrap();
+        let key = key_of(&packet, Some(1232));
         let mut built = vec![0u8; 40];
         built[2] = 0x84; // QR, AA
         built[3] = 0x80; // RA
-        cache.keep(&packet, &q, Some(1232), 7, ResponseCode::NoError, &built);
+        let zone = |generation| Validity::Zone { generation };
+        cache.keep(&key, zone(7), ResponseCode::NoError, &built);
 
         let mut again = packet.clone();
         again[0] = 0xab;
         again[1] = 0xcd;
         again[2] |= 0x01; // RD
         again[3] |= 0x10; // CD
-        let (rcode, bytes) = cache.answer(&again, &q, Some(1232), 7).expect("hit");
-        assert_eq!(rcode, ResponseCode::NoError);
-        assert_eq!(&bytes[..4], &[0xab, 0xcd, 0x85, 0x90]);
-        assert_eq!(&bytes[4..], &built[4..]);
+        let hit = cache.answer(&again, &key, &zone_at(7)).expect("hit");
+        assert_eq!(hit.rcode, ResponseCode::NoError);
+        assert!(!hit.from_cache);
+        assert_eq!(&hit.bytes[..4], &[0xab, 0xcd, 0x85, 0x90]);
+        assert_eq!(&hit.bytes[4..], &built[4..]);
 
         assert!(
-            cache.answer(&packet, &q, Some(1232), 8).is_none(),
+            cache.answer(&packet, &key, &zone_at(8)).is_none(),
             "zone changed"
         );
+        let tcp = key_of(&packet, None);
         assert!(
-            cache.answer(&packet, &q, None, 7).is_none(),
+            cache.answer(&packet, &tcp, &zone_at(7)).is_none(),
             "TCP is another shape"
         );
         // The key is the size limit in force: 4096 asked, 1232 allowed, is the same answer.
         let bigger = query("Web.default.", RecordType::A, Some((4096, false)));
-        let bq = SimpleQuery::parse(&bigger).unwrap();
-        assert!(cache.answer(&bigger, &bq, Some(1232), 7).is_some());
-        let smaller = query("Web.default.", RecordType::A, Some((600, false)));
-        let sq = SimpleQuery::parse(&smaller).unwrap();
         assert!(
-            cache.answer(&smaller, &sq, Some(1232), 7).is_none(),
-            "another limit"
+            cache
+                .answer(&bigger, &key_of(&bigger, Some(1232)), &zone_at(7))
+                .is_some()
         );
-        let lower = query("web.default.", RecordType::A, Some((1232, false)));
-        let lq = SimpleQuery::parse(&lower).unwrap();
+        for (other, what) in [
+            (
+                query("Web.default.", RecordType::A, Some((600, false))),
+                "another limit",
+            ),
+            (
+                query("web.default.", RecordType::A, Some((1232, false))),
+                "another spelling",
+            ),
+            (query("Web.default.", RecordType::A, None), "no EDNS"),
+        ] {
+            let other_key = key_of(&other, Some(1232));
+            assert!(
+                cache.answer(&other, &other_key, &zone_at(7)).is_none(),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_table_is_sized_to_the_zone_and_a_new_size_starts_empty() {
+        let table = PrebuiltAnswers::default();
+        assert_eq!(table.capacity(), 2 * MIN_BUCKETS);
+        let questions: Vec<(Vec<u8>, PrebuiltKey)> = (0..30)
+            .map(|i| {
+                let packet = query(&format!("s{i}.default."), RecordType::A, None);
+                let key = key_of(&packet, Some(1232));
+                (packet, key)
+            })
+            .collect();
+        let keep_all = || {
+            for (i, (_, key)) in questions.iter().enumerate() {
+                let mut built = vec![0u8; 12];
+                built[2] = 0x84;
+                built[11] = i as u8; // tells the answers apart
+                table.keep(
+                    key,
+                    Validity::Zone { generation: 1 },
+                    ResponseCode::NoError,
+                    &built,
+                );
+            }
+        };
+        let answered = || {
+            questions
+                .iter()
+                .enumerate()
+                .filter(|(i, (packet, key))| {
+                    table
+                        .answer(packet, key, &zone_at(1))
+                        .is_some_and(|hit| hit.bytes[11] == *i as u8)
+                })
+                .count()
+        };
+        keep_all();
+        assert_eq!(answered(), 30, "each question its own answer");
+        table.fit(1000);
+        assert_eq!(answered(), 30, "same size: kept");
+        table.fit(40_000);
+        assert_eq!(
+            table.capacity(),
+            2 * 65_536,
+            "a bucket per name, power of two"
+        );
+        assert_eq!(answered(), 0, "a new size starts empty");
+        keep_all();
+        assert_eq!(answered(), 30);
+        table.fit(10_000_000);
+        assert_eq!(table.capacity(), 2 * MAX_BUCKETS, "bounded");
+    }
+
+    /// A cached upstream answer: a real upstream message through the real cache.
+    fn cached(ttl: u32, config: crate::config::CacheConfig) -> (Reuse, Vec<u8>, Instant) {
+        use crate::upstream::cache::{Cache, CacheKey, CachedAnswer, Lookup};
+        use hickory_proto::rr::{RData, Record, rdata};
+        let name = Name::from_ascii("www.example.org.").unwrap();
+        let mut upstream = Message::response(0x1234, hickory_proto::op::OpCode::Query);
+        upstream.add_query(Query::query(name.clone(), RecordType::A));
+        for (octet, record_ttl) in [(1, ttl), (2, ttl + 100)] {
+            upstream.add_answer(Record::from_rdata(
+                name.clone(),
+                record_ttl,
+                RData::A(rdata::A::new(192, 0, 2, octet)),
+            ));
+        }
+        let mut e = Edns::new();
+        e.set_max_payload(1232);
+        upstream.set_edns(e);
+        let cache = Cache::new(
+            &config,
+            std::sync::Arc::new(crate::ops::metrics::Metrics::new()),
+        );
+        let key = CacheKey::plain(&name, RecordType::A);
+        let stored_at = Instant::now();
+        cache.insert(
+            key.clone(),
+            &CachedAnswer::from_message(&upstream),
+            stored_at,
+        );
+        let Lookup::Fresh {
+            reuse: Some(reuse), ..
+        } = cache.get(&key, stored_at)
+        else {
+            panic!("a fresh entry with its reuse terms");
+        };
+        (reuse, upstream.to_vec().unwrap(), stored_at)
+    }
+
+    #[test]
+    fn a_cache_hit_counts_its_ttls_down_and_ends_with_its_reuse_window() {
+        let no_prefetch = crate::config::CacheConfig {
+            prefetch: 0,
+            ..Default::default()
+        };
+        let (reuse, bytes, stored_at) = cached(60, no_prefetch);
+        assert_eq!(
+            reuse.until(),
+            stored_at + std::time::Duration::from_secs(60)
+        );
+        let table = PrebuiltAnswers::default();
+        let packet = query("www.example.org.", RecordType::A, Some((1232, false)));
+        let key = key_of(&packet, Some(1232));
+        let validity = Validity::Cache {
+            reuse,
+            upstream_generation: 3,
+        };
+        table.keep(&key, validity, ResponseCode::NoError, &bytes);
+        let at = |secs: u64, upstream_generation: u64, may_forward: &'static dyn Fn() -> bool| {
+            Current {
+                zone_generation: 99, // zone changes do not touch cached upstream answers
+                upstream_generation,
+                now: stored_at + std::time::Duration::from_millis(secs * 1000 + 500),
+                may_forward,
+            }
+        };
+        let ttls = |bytes: &[u8]| -> Vec<u32> {
+            Message::from_vec(bytes)
+                .unwrap()
+                .answers
+                .iter()
+                .map(|r| r.ttl)
+                .collect()
+        };
+        let hit = table
+            .answer(&packet, &key, &at(0, 3, &|| true))
+            .expect("hit");
+        assert!(hit.from_cache);
+        assert_eq!(ttls(&hit.bytes), [60, 160]);
+        let hit = table
+            .answer(&packet, &key, &at(25, 3, &|| true))
+            .expect("hit");
+        assert_eq!(ttls(&hit.bytes), [35, 135], "counted down by whole seconds");
+        let decoded = Message::from_vec(&hit.bytes).unwrap();
+        assert_eq!(
+            decoded.edns.map(|e| e.max_payload()),
+            Some(1232),
+            "OPT untouched"
+        );
         assert!(
-            cache.answer(&lower, &lq, Some(1232), 7).is_none(),
-            "another spelling"
+            table.answer(&packet, &key, &at(25, 4, &|| true)).is_none(),
+            "upstream path reloaded"
         );
-        let no_edns = query("Web.default.", RecordType::A, None);
-        let nq = SimpleQuery::parse(&no_edns).unwrap();
         assert!(
-            cache.answer(&no_edns, &nq, Some(1232), 7).is_none(),
-            "no EDNS"
+            table.answer(&packet, &key, &at(25, 3, &|| false)).is_none(),
+            "client may not have names forwarded"
         );
+        assert!(
+            table.answer(&packet, &key, &at(60, 3, &|| true)).is_none(),
+            "past the TTL: the cache decides (stale, refresh)"
+        );
+    }
+
+    #[test]
+    fn with_prefetch_a_cache_hit_is_reused_only_until_the_prefetch_point() {
+        let config = crate::config::CacheConfig {
+            prefetch: 2, // the default
+            ..Default::default()
+        };
+        let (reuse, _, stored_at) = cached(100, config);
+        assert_eq!(
+            reuse.until(),
+            stored_at + std::time::Duration::from_secs(90)
+        );
+    }
+
+    #[test]
+    fn ttl_fields_are_found_in_every_section_but_opt_and_bad_messages_give_none() {
+        let (_, bytes, _) = cached(60, Default::default());
+        let fields = ttl_fields(&bytes).expect("walks");
+        assert_eq!(fields.len(), 2, "two A records; OPT skipped");
+        for at in fields {
+            let at = usize::from(at);
+            let ttl = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+            assert!(ttl == 60 || ttl == 160, "{ttl}");
+        }
+        assert!(ttl_fields(&bytes[..bytes.len() - 1]).is_none(), "short");
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(ttl_fields(&longer).is_none(), "trailing byte");
+        assert!(ttl_fields(&bytes[..5]).is_none(), "header cut");
     }
 }

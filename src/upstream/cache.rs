@@ -132,11 +132,53 @@ pub enum Lookup {
         answer: CachedAnswer,
         /// Refresh it now.
         prefetch: bool,
+        /// For how long, and on what terms, this answer may be served again from a copy
+        /// (the server's prebuilt bytes) without asking the cache; `None` when prefetching.
+        reuse: Option<Reuse>,
     },
     /// Expired, but within the serve-stale window: only for when every upstream fails.
     Stale(CachedAnswer),
     /// Nothing usable.
     Miss,
+}
+
+/// A fresh answer that may be served again from a copy of its bytes until [`Reuse::until`],
+/// with its TTLs counted down by [`Reuse::countdown`]: exactly what [`Cache::get`] would
+/// answer in that time, as long as the entry is neither refreshed nor prefetched (a fresh
+/// entry is only replaced by a prefetch, and `until` stops before the prefetch point). Each
+/// answer served from the copy is counted with [`Reuse::count_hit`], as a hit here is: the
+/// metrics and the prefetch decision see every hit.
+#[derive(Clone, Debug)]
+pub struct Reuse {
+    entry: Arc<Stored>,
+    /// Whole seconds the TTLs had counted down when this answer was taken.
+    taken_at_elapsed: u32,
+    until: Instant,
+    hits: IntCounter,
+    requests: IntCounter,
+}
+
+impl Reuse {
+    /// The end of the time in which the copy answers as the cache would.
+    pub fn until(&self) -> Instant {
+        self.until
+    }
+
+    /// Seconds to take off the copy's TTLs at `now` (how much further they have counted down
+    /// since the answer was taken, in the whole seconds [`Cache::get`] counts).
+    pub fn countdown(&self, now: Instant) -> u32 {
+        let age = now.saturating_duration_since(self.entry.stored_at);
+        let elapsed = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
+        elapsed.saturating_sub(self.taken_at_elapsed)
+    }
+
+    /// Counts an answer served from the copy: a cache request and hit, and a hit towards
+    /// the entry's prefetch.
+    pub fn count_hit(&self) {
+        self.requests.inc();
+        self.hits.inc();
+        self.entry.hits.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// What the cache holds for one key, as [`Cache::peek`] sees it.
@@ -307,9 +349,24 @@ impl Cache {
             && left * 10 <= entry.ttl
             && !entry.prefetching.swap(true, Ordering::Relaxed);
         let elapsed = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
+        // With prefetch on, a copy stops where a popular entry would start its refresh, so
+        // that the refresh is decided here, on a real lookup.
+        let reusable_for = if self.config.prefetch > 0 {
+            entry.ttl - entry.ttl / 10
+        } else {
+            entry.ttl
+        };
+        let reuse = (!prefetch).then(|| Reuse {
+            entry: entry.clone(),
+            taken_at_elapsed: elapsed,
+            until: entry.stored_at + reusable_for,
+            hits: self.counters.hits[kind.index()].clone(),
+            requests: self.counters.requests.clone(),
+        });
         Lookup::Fresh {
             answer: entry.answer_with(|ttl| ttl.saturating_sub(elapsed)),
             prefetch,
+            reuse,
         }
     }
 

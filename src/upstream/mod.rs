@@ -70,6 +70,8 @@ pub struct UpstreamAnswer {
     pub answer: CachedAnswer,
     /// Fresh from an upstream, from the cache, or stale.
     pub served: Served,
+    /// Set for a cache hit that may be served again from its bytes for a while.
+    pub reuse: Option<cache::Reuse>,
 }
 
 /// Where an upstream-path answer came from (the query log's `source`).
@@ -95,7 +97,11 @@ impl Served {
 }
 
 fn served(answer: CachedAnswer, served: Served) -> UpstreamAnswer {
-    UpstreamAnswer { answer, served }
+    UpstreamAnswer {
+        answer,
+        served,
+        reuse: None,
+    }
 }
 
 /// Where the upstream path sends a name ([`Resolver::route_of`]).
@@ -346,7 +352,11 @@ impl Resolver {
                 .map(|a| served((*a).clone(), Served::Upstream));
         };
         let stale = match self.cache.get(&key, Instant::now().into_std()) {
-            Lookup::Fresh { answer, prefetch } => {
+            Lookup::Fresh {
+                answer,
+                prefetch,
+                reuse,
+            } => {
                 if prefetch {
                     self.cache.count_prefetch();
                     let this = self.clone();
@@ -355,7 +365,10 @@ impl Resolver {
                         let _ = this.shared_fetch(key, &query).await;
                     });
                 }
-                return Ok(served(answer, Served::Cache));
+                return Ok(UpstreamAnswer {
+                    reuse,
+                    ..served(answer, Served::Cache)
+                });
             }
             Lookup::Stale(answer) => Some(answer),
             Lookup::Miss => None,

@@ -509,6 +509,21 @@ pub fn rdata(records: &[Record], rtype: RecordType) -> Vec<String> {
     out
 }
 
+/// A loopback port, free for UDP and TCP now, for a process the test starts later on a
+/// port it must know in advance. Taken below the kernel's ephemeral range (32768 and up on
+/// Linux), so that no other test's port-0 socket can take it in the meantime.
+pub fn unused_port() -> u16 {
+    for _ in 0..1000 {
+        let port = rand::random_range(20_000..32_000);
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000..32000");
+}
+
 /// A loopback UDP/TCP port with nothing listening (the kernel refuses at once).
 pub fn closed_port() -> SocketAddr {
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");

@@ -52,7 +52,9 @@ fn cache(config: CacheConfig) -> (Cache, Arc<Metrics>) {
 
 fn fresh(lookup: Lookup) -> (CachedAnswer, bool) {
     match lookup {
-        Lookup::Fresh { answer, prefetch } => (answer, prefetch),
+        Lookup::Fresh {
+            answer, prefetch, ..
+        } => (answer, prefetch),
         other => panic!("expected a fresh entry, got {other:?}"),
     }
 }
