@@ -892,7 +892,7 @@ mod tests {
     #[test]
     fn endpoint_exclusion_names_the_rule_and_publish_not_ready_lifts_it() {
         let endpoint = |ready, terminating| EndpointInfo {
-            addresses: vec!["192.0.2.1".parse().unwrap()],
+            addresses: smallvec::smallvec!["192.0.2.1".parse().unwrap()],
             hostname: None,
             ready,
             terminating,
