@@ -1241,7 +1241,10 @@ fn over_https_a_rotated_token_file_is_read_again_before_the_old_token_is_revoked
         refused,
         "the old token was sent again"
     );
-    assert!(!server.log().contains("watch failing"), "{}", server.log());
+    // No request was refused for its token. (A watch may still fail once on a connection
+    // the test itself cut while the request went out: that is not the token's doing.)
+    assert!(!server.log().contains("Unauthorized"), "{}", server.log());
+    assert!(!server.log().contains("code: 401"), "{}", server.log());
 }
 
 /// The scale check of issue 3: a fake API server holding 50,000 Services with one

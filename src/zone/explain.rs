@@ -13,7 +13,7 @@
 
 use super::name::dashed_ip;
 use super::records::{Exclusion, ServiceShape, endpoint_exclusion};
-use super::{Lookup, OwnerId, STATIC_OWNER, ServiceEntry, WriterState, Zone};
+use super::{Lookup, NameKey, OwnerId, STATIC_OWNER, ServiceEntry, WriterState, Zone};
 use crate::config::PodMode;
 use crate::source::ObjectOrigin;
 use hickory_proto::op::ResponseCode;
@@ -285,7 +285,8 @@ impl Zone {
     pub fn dump(&self) -> Vec<Record> {
         let mut records = vec![self.soa()];
         for node in self.index.iter() {
-            records.extend(node.records().map(|r| r.to_record(node.key())));
+            let name = node.key().to_name();
+            records.extend(node.records().map(|r| r.to_record(&name)));
         }
         let mut keyed: Vec<(Name, u16, String, Record)> = records
             .into_iter()
@@ -336,7 +337,7 @@ impl Zone {
         if name == &self.config.origin {
             types.insert(RecordType::SOA.to_string());
         }
-        if let Some(node) = self.index.get(name) {
+        if let Some(node) = self.index.get(&NameKey::new(name)) {
             types.extend(node.records().map(|r| r.record_type().to_string()));
         } else if let Some(Lookup::Answer(a)) = self.lookup_pod(name, RecordType::ANY) {
             types.extend(a.answers.iter().map(|r| r.record_type().to_string()));
@@ -356,7 +357,7 @@ impl Zone {
         }
         let name = record.name.to_lowercase();
         let owner = {
-            let Some(node) = self.index.get(&name) else {
+            let Some(node) = self.index.get(&NameKey::new(&name)) else {
                 return self.pod_provenance(state, &name, record);
             };
             node.owners
@@ -575,7 +576,7 @@ impl Zone {
         let first_labels = |extra: u8| -> Vec<String> {
             entry
                 .published
-                .keys()
+                .names()
                 .filter(|n| n.num_labels() == depth + extra && service_name.zone_of(n))
                 .map(|n| {
                     n.iter()

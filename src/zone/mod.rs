@@ -113,6 +113,59 @@ pub struct ZoneAnswer {
 type OwnerId = u64;
 const STATIC_OWNER: OwnerId = 0;
 
+/// A name as the index keys it: its labels in wire form (each behind its length byte), lower
+/// case, without the root label. Names compare case-insensitively, so one key serves every
+/// spelling. One pointer and one allocation of the name's length, where a hickory `Name` is
+/// 80 bytes inline plus a second allocation for names longer than 32 bytes (SRV names are):
+/// at 50,000 Services the index has about 260,000 names and its tables were 63 MB.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct NameKey(Box<[u8]>);
+
+/// Room for the longest name's key (255 bytes of wire name, less the root label).
+type KeyBuffer = [u8; 255];
+
+impl NameKey {
+    fn new(name: &Name) -> NameKey {
+        NameKey(key_bytes(name, &mut [0; 255]).into())
+    }
+
+    /// The name again (fully qualified, lower case).
+    fn to_name(&self) -> Name {
+        let mut labels = Vec::new();
+        let mut rest = &self.0[..];
+        while let Some((&len, tail)) = rest.split_first() {
+            let (label, tail) = tail.split_at(usize::from(len).min(tail.len()));
+            labels.push(label);
+            rest = tail;
+        }
+        // The bytes came from a valid name: this cannot fail.
+        Name::from_labels(labels).unwrap_or_else(|_| Name::root())
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for NameKey {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// `name`'s index key, written into `buffer` (no allocation: what a lookup uses).
+fn key_bytes<'a>(name: &Name, buffer: &'a mut KeyBuffer) -> &'a [u8] {
+    let mut at = 0;
+    for label in name.iter() {
+        // A name is at most 255 bytes on the wire, root label included.
+        let Some(slot) = buffer.get_mut(at..at + 1 + label.len()) else {
+            break;
+        };
+        slot[0] = label.len() as u8;
+        for (to, from) in slot[1..].iter_mut().zip(label) {
+            *to = from.to_ascii_lowercase();
+        }
+        at += 1 + label.len();
+    }
+    &buffer[..at]
+}
+
 /// One name in the index.
 #[derive(Debug, Default)]
 struct Node {
@@ -133,24 +186,24 @@ impl Node {
     }
 }
 
-/// The records one Service published, by name, in name order: a boxed slice rather than a
-/// map, because a map node reserves room for 11 entries (about 1 KB with hickory names)
-/// where most Services publish two to four names: at 50,000 Services the maps were 60 MB.
+/// The records one Service published, by name (as index keys, in key order): a boxed slice
+/// rather than a map, because a map node reserves room for 11 entries (about 1 KB with
+/// hickory names) where most Services publish two to four names: at 50,000 Services the maps
+/// were 60 MB.
 #[derive(Debug, Default)]
-struct Published(Box<[(Name, Arc<[StoredRecord]>)]>);
+struct Published(Box<[(NameKey, Arc<[StoredRecord]>)]>);
 
 impl Published {
     fn get(&self, name: &Name) -> Option<&Arc<[StoredRecord]>> {
-        let found = self.0.binary_search_by(|(n, _)| n.cmp(name)).ok()?;
+        let mut buffer = [0; 255];
+        let key = key_bytes(name, &mut buffer);
+        let found = self.0.binary_search_by(|(n, _)| (*n.0).cmp(key)).ok()?;
         Some(&self.0[found].1)
     }
 
-    fn iter(&self) -> impl Iterator<Item = &(Name, Arc<[StoredRecord]>)> {
-        self.0.iter()
-    }
-
-    fn keys(&self) -> impl Iterator<Item = &Name> {
-        self.0.iter().map(|(name, _)| name)
+    /// The names, as names.
+    fn names(&self) -> impl Iterator<Item = Name> + '_ {
+        self.0.iter().map(|(key, _)| key.to_name())
     }
 
     fn is_empty(&self) -> bool {
@@ -159,9 +212,13 @@ impl Published {
 }
 
 impl From<RecordsByName> for Published {
-    /// A map iterates in name order, which is the order [`Published::get`] searches in.
     fn from(records: RecordsByName) -> Published {
-        Published(records.into_iter().collect())
+        let mut published: Box<[(NameKey, Arc<[StoredRecord]>)]> = records
+            .into_iter()
+            .map(|(name, records)| (NameKey::new(&name), records))
+            .collect();
+        published.sort_unstable_by(|a, b| a.0.0.cmp(&b.0.0));
+        Published(published)
     }
 }
 
@@ -283,7 +340,7 @@ impl WriterState {
 /// The cluster zone.
 pub struct Zone {
     config: ZoneConfig,
-    index: DashMap<Name, Node>,
+    index: DashMap<NameKey, Node>,
     /// `(namespace, ip)` of every Pod, for `pods verified`.
     pod_ips: DashMap<(String, IpAddr), u32>,
     serial: AtomicU32,
@@ -409,7 +466,7 @@ impl Zone {
             return answer;
         }
         let mut answer = ZoneAnswer::default();
-        let found = match self.index.get(qname) {
+        let found = match self.index.get(key_bytes(qname, &mut [0; 255])) {
             None => false,
             Some(node) => {
                 self.collect(&node, qname, qtype, &mut answer.answers);
@@ -483,7 +540,7 @@ impl Zone {
                 answer.external_target = Some(target);
                 return Lookup::Answer(answer);
             }
-            let Some(node) = self.index.get(&target) else {
+            let Some(node) = self.index.get(key_bytes(&target, &mut [0; 255])) else {
                 return self.negative(ResponseCode::NXDomain, answer);
             };
             let before = answer.answers.len();
@@ -499,7 +556,7 @@ impl Zone {
                 .records()
                 .find(|r| r.record_type() == RecordType::CNAME)
             {
-                answer.answers.push(cname.to_record(node.key()));
+                answer.answers.push(cname.to_record(&node.key().to_name()));
             }
             target = next;
         }
@@ -513,12 +570,13 @@ impl Zone {
         for record in &answer.answers {
             if let RData::SRV(srv) = &record.data
                 && seen.insert(srv.target.clone())
-                && let Some(node) = self.index.get(&srv.target)
+                && let Some(node) = self.index.get(key_bytes(&srv.target, &mut [0; 255]))
             {
+                let owner = node.key().to_name();
                 answer.additionals.extend(
                     node.records()
                         .filter(|r| matches!(r.record_type(), RecordType::A | RecordType::AAAA))
-                        .map(|r| r.to_record(node.key())),
+                        .map(|r| r.to_record(&owner)),
                 );
             }
         }
@@ -530,7 +588,7 @@ impl Zone {
         if !matches!(qtype, RecordType::PTR | RecordType::ANY) {
             return Lookup::NotOurs;
         }
-        let Some(node) = self.index.get(qname) else {
+        let Some(node) = self.index.get(key_bytes(qname, &mut [0; 255])) else {
             return Lookup::NotOurs;
         };
         let mut answer = ZoneAnswer::default();
@@ -568,7 +626,9 @@ impl Zone {
         let namespace = namespace.to_ascii_lowercase();
         let known = match self.config.pods {
             PodMode::Verified => self.pod_ips.contains_key(&(namespace, ip)),
-            _ => self.index.contains_key(&qname.base_name()),
+            _ => self
+                .index
+                .contains_key(key_bytes(&qname.base_name(), &mut [0; 255])),
         };
         if !known {
             return nxdomain();
@@ -606,7 +666,7 @@ impl Zone {
     fn put(&self, name: &Name, owner: OwnerId, records: Arc<[StoredRecord]>) {
         let mut created = false;
         {
-            let mut node = self.index.entry(name.clone()).or_insert_with(|| {
+            let mut node = self.index.entry(NameKey::new(name)).or_insert_with(|| {
                 created = true;
                 Node::default()
             });
@@ -633,7 +693,7 @@ impl Zone {
         while let Some(parent) = self.tracked_parent(&current) {
             let mut created = false;
             self.index
-                .entry(parent.clone())
+                .entry(NameKey::new(&parent))
                 .or_insert_with(|| {
                     created = true;
                     Node::default()
@@ -650,7 +710,8 @@ impl Zone {
     /// Removes `owner`'s records at `name`; a name nobody owns and with no child is gone, and
     /// so is every empty non-terminal above it that it leaves childless.
     fn remove(&self, name: &Name, owner: OwnerId) {
-        let unused = match self.index.get_mut(name) {
+        let key = NameKey::new(name);
+        let unused = match self.index.get_mut(&key) {
             Some(mut node) => {
                 let before = node.records().count() as i64;
                 node.owners.retain(|(o, _)| *o != owner);
@@ -660,25 +721,21 @@ impl Zone {
             }
             None => false,
         };
-        if !unused || self.index.remove_if(name, |_, n| n.is_unused()).is_none() {
+        if !unused || self.index.remove_if(&key, |_, n| n.is_unused()).is_none() {
             return;
         }
         self.count_name(name, -1);
         let mut current = name.clone();
         while let Some(parent) = self.tracked_parent(&current) {
-            let unused = match self.index.get_mut(&parent) {
+            let key = NameKey::new(&parent);
+            let unused = match self.index.get_mut(&key) {
                 Some(mut node) => {
                     node.children = node.children.saturating_sub(1);
                     node.is_unused()
                 }
                 None => false,
             };
-            if !unused
-                || self
-                    .index
-                    .remove_if(&parent, |_, n| n.is_unused())
-                    .is_none()
-            {
+            if !unused || self.index.remove_if(&key, |_, n| n.is_unused()).is_none() {
                 return;
             }
             self.count_name(&parent, -1);
@@ -1093,12 +1150,8 @@ impl Zone {
             _ => RecordsByName::new(),
         };
         let owner = entry.owner;
-        for (name, _) in entry
-            .published
-            .iter()
-            .filter(|(n, _)| !fresh.contains_key(n))
-        {
-            self.remove(name, owner);
+        for name in entry.published.names().filter(|n| !fresh.contains_key(n)) {
+            self.remove(&name, owner);
         }
         let mut fresh = fresh;
         for (name, records) in fresh.iter_mut() {

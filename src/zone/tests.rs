@@ -1082,3 +1082,22 @@ fn stored_records_give_back_the_record_they_were_made_of() {
         assert_eq!(record.name.to_ascii(), "Web.Default.svc.cluster.local.");
     }
 }
+
+#[test]
+fn index_keys_are_lower_case_wire_labels_that_give_the_name_back() {
+    let mixed = Name::from_ascii("_HTTP._tcp.Web.default.svc.cluster.local.").unwrap();
+    let key = NameKey::new(&mixed);
+    assert_eq!(
+        &*key.0,
+        b"\x05_http\x04_tcp\x03web\x07default\x03svc\x07cluster\x05local".as_slice()
+    );
+    let mut buffer = [0; 255];
+    assert_eq!(key_bytes(&mixed.to_lowercase(), &mut buffer), &*key.0);
+    assert_eq!(key.to_name(), mixed, "names compare case-insensitively");
+    assert!(key.to_name().is_fqdn());
+    assert_eq!(NameKey::new(&Name::root()).to_name(), Name::root());
+    // The longest name fits the buffer: 127 one-byte labels (254 bytes without the root).
+    let longest = Name::from_ascii("a.".repeat(127)).unwrap();
+    assert_eq!(key_bytes(&longest, &mut buffer).len(), 254);
+    assert_eq!(NameKey::new(&longest).to_name(), longest);
+}
