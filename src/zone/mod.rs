@@ -131,15 +131,7 @@ impl NameKey {
 
     /// The name again (fully qualified, lower case).
     fn to_name(&self) -> Name {
-        let mut labels = Vec::new();
-        let mut rest = &self.0[..];
-        while let Some((&len, tail)) = rest.split_first() {
-            let (label, tail) = tail.split_at(usize::from(len).min(tail.len()));
-            labels.push(label);
-            rest = tail;
-        }
-        // The bytes came from a valid name: this cannot fail.
-        Name::from_labels(labels).unwrap_or_else(|_| Name::root())
+        records::name_from_wire_labels(&self.0)
     }
 }
 
@@ -151,19 +143,7 @@ impl std::borrow::Borrow<[u8]> for NameKey {
 
 /// `name`'s index key, written into `buffer` (no allocation: what a lookup uses).
 fn key_bytes<'a>(name: &Name, buffer: &'a mut KeyBuffer) -> &'a [u8] {
-    let mut at = 0;
-    for label in name.iter() {
-        // A name is at most 255 bytes on the wire, root label included.
-        let Some(slot) = buffer.get_mut(at..at + 1 + label.len()) else {
-            break;
-        };
-        slot[0] = label.len() as u8;
-        for (to, from) in slot[1..].iter_mut().zip(label) {
-            *to = from.to_ascii_lowercase();
-        }
-        at += 1 + label.len();
-    }
-    &buffer[..at]
+    records::wire_labels(name, buffer, true)
 }
 
 /// One name in the index.
@@ -1293,7 +1273,7 @@ impl EventSink for Zone {
 
 fn cname_target(node: &Node) -> Option<Name> {
     node.records().find_map(|r| match &r.data {
-        StoredData::Cname(target) => Some(target.clone()),
+        StoredData::Cname(target) => Some(target.to_name()),
         _ => None,
     })
 }

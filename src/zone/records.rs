@@ -421,14 +421,14 @@ impl StoredRecord {
         match &self.data {
             StoredData::A(ip) => RData::A(A(*ip)),
             StoredData::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
-            StoredData::Ptr(name) => RData::PTR(PTR(name.clone())),
-            StoredData::Cname(name) => RData::CNAME(CNAME(name.clone())),
+            StoredData::Ptr(name) => RData::PTR(PTR(name.to_name())),
+            StoredData::Cname(name) => RData::CNAME(CNAME(name.to_name())),
             StoredData::Srv {
                 priority,
                 weight,
                 port,
                 target,
-            } => RData::SRV(SRV::new(*priority, *weight, *port, target.clone())),
+            } => RData::SRV(SRV::new(*priority, *weight, *port, target.to_name())),
             StoredData::Other(data) => (**data).clone(),
         }
     }
@@ -440,8 +440,9 @@ impl StoredRecord {
 }
 
 /// The data of the record types the zone holds by the hundred thousand, in as few bytes as
-/// they need (hickory's `RData` is 184 bytes whatever the type); anything else (the apex NS,
-/// the schema TXT) as hickory has it.
+/// they need (hickory's `RData` is 184 bytes whatever the type, and its `Name` 80, which made
+/// every A record as large as an SRV); anything else (the apex NS, the schema TXT) as hickory
+/// has it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoredData {
     /// A.
@@ -449,9 +450,9 @@ pub enum StoredData {
     /// AAAA.
     Aaaa(std::net::Ipv6Addr),
     /// PTR.
-    Ptr(Name),
+    Ptr(WireName),
     /// CNAME.
-    Cname(Name),
+    Cname(WireName),
     /// SRV.
     Srv {
         /// Priority.
@@ -461,7 +462,7 @@ pub enum StoredData {
         /// Port.
         port: u16,
         /// Target.
-        target: Name,
+        target: WireName,
     },
     /// Any other type.
     Other(Box<RData>),
@@ -472,17 +473,70 @@ impl From<RData> for StoredData {
         match data {
             RData::A(A(ip)) => StoredData::A(ip),
             RData::AAAA(AAAA(ip)) => StoredData::Aaaa(ip),
-            RData::PTR(PTR(name)) => StoredData::Ptr(name),
-            RData::CNAME(CNAME(name)) => StoredData::Cname(name),
+            RData::PTR(PTR(name)) => StoredData::Ptr(WireName::new(&name)),
+            RData::CNAME(CNAME(name)) => StoredData::Cname(WireName::new(&name)),
             RData::SRV(srv) => StoredData::Srv {
                 priority: srv.priority,
                 weight: srv.weight,
                 port: srv.port,
-                target: srv.target,
+                target: WireName::new(&srv.target),
             },
             other => StoredData::Other(Box::new(other)),
         }
     }
+}
+
+/// A name in wire form (its labels, each behind its length byte, without the root label),
+/// spelled as given: one pointer and one allocation of the name's length, where a hickory
+/// `Name` is 80 bytes inline (and a second allocation past 32 bytes of labels).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireName(Box<[u8]>);
+
+impl WireName {
+    /// `name` in wire form.
+    pub fn new(name: &Name) -> WireName {
+        WireName(wire_labels(name, &mut [0; 255], false).into())
+    }
+
+    /// The name again, fully qualified.
+    pub fn to_name(&self) -> Name {
+        name_from_wire_labels(&self.0)
+    }
+}
+
+/// Writes `name`'s labels in wire form (each behind its length byte, no root label) into
+/// `buffer`, in lower case if asked; returns the bytes written. Room for the longest name:
+/// 255 bytes on the wire, root label included.
+pub fn wire_labels<'a>(name: &Name, buffer: &'a mut [u8; 255], lower_case: bool) -> &'a [u8] {
+    let mut at = 0;
+    for label in name.iter() {
+        let Some(slot) = buffer.get_mut(at..at + 1 + label.len()) else {
+            break;
+        };
+        slot[0] = label.len() as u8;
+        for (to, from) in slot[1..].iter_mut().zip(label) {
+            *to = if lower_case {
+                from.to_ascii_lowercase()
+            } else {
+                *from
+            };
+        }
+        at += 1 + label.len();
+    }
+    &buffer[..at]
+}
+
+/// The name whose labels [`wire_labels`] wrote, fully qualified.
+pub fn name_from_wire_labels(bytes: &[u8]) -> Name {
+    let mut labels = Vec::new();
+    let mut rest = bytes;
+    while let Some((&len, tail)) = rest.split_first() {
+        let (label, tail) = tail.split_at(usize::from(len).min(tail.len()));
+        labels.push(label);
+        rest = tail;
+    }
+    // The bytes came from a valid name: this cannot fail.
+    Name::from_labels(labels).unwrap_or_else(|_| Name::root())
 }
 
 /// Every record one Service owns, by owner name (lower case, fully qualified).
