@@ -219,6 +219,15 @@ struct Bucket {
     recent: usize,
 }
 
+impl Bucket {
+    /// Which way holds the answer for `key`.
+    fn way_of(&self, key: &[u8]) -> Option<usize> {
+        self.ways
+            .iter()
+            .position(|way| way.as_ref().is_some_and(|p| *p.key == *key))
+    }
+}
+
 /// A fixed number of buckets.
 struct Table {
     buckets: Box<[Mutex<Bucket>]>,
@@ -280,10 +289,7 @@ impl PrebuiltAnswers {
         let key = key.as_bytes();
         let table = self.table.load();
         let mut bucket = table.bucket(key);
-        let way = bucket
-            .ways
-            .iter()
-            .position(|way| way.as_ref().is_some_and(|p| *p.key == *key))?;
+        let way = bucket.way_of(key)?;
         bucket.recent = way;
         let prebuilt = bucket.ways[way].as_deref()?;
         let countdown = match &prebuilt.kept {
@@ -357,9 +363,7 @@ impl PrebuiltAnswers {
         let table = self.table.load();
         let mut bucket = table.bucket(key);
         let way = bucket
-            .ways
-            .iter()
-            .position(|way| way.as_ref().is_some_and(|p| *p.key == *key))
+            .way_of(key)
             .or_else(|| bucket.ways.iter().position(Option::is_none))
             .unwrap_or(1 - bucket.recent);
         bucket.ways[way] = Some(Box::new(Prebuilt {
