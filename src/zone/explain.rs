@@ -675,7 +675,11 @@ fn excluded_endpoints(
             for endpoint in &slice.info.endpoints {
                 if let Some(reason) = endpoint_exclusion(info, endpoint) {
                     for ip in &endpoint.addresses {
-                        push(ip.to_string(), endpoint.hostname.clone(), reason);
+                        push(
+                            ip.to_string(),
+                            endpoint.hostname.as_deref().map(String::from),
+                            reason,
+                        );
                     }
                 }
             }
@@ -721,7 +725,7 @@ fn service_record_source(
             e.addresses.iter().any(|a| {
                 Some(*a) == ip
                     || label.as_deref() == Some(&dashed_ip(*a))
-                    || (label.is_some() && e.hostname == label)
+                    || (label.is_some() && e.hostname.as_deref() == label.as_deref())
             })
         });
         if let Some(endpoint) = endpoint {
@@ -900,7 +904,7 @@ mod tests {
         };
         let info = |publish_not_ready| ServiceInfo {
             shape: ServiceShape::Headless,
-            ports: Vec::new(),
+            ports: Box::default(),
             publish_not_ready,
         };
         assert_eq!(

@@ -901,7 +901,7 @@ impl Zone {
     ) {
         let now = Instant::now();
         let slice_id = (key.namespace.clone(), key.name.clone());
-        let new_service = info.as_ref().map(|(s, _)| s.service.clone());
+        let new_service = info.as_ref().map(|(s, _)| s.service.to_string());
         let old = match info {
             Some((info, origin)) => {
                 let old = state.slices.get(&slice_id).map(|e| e.origin.clone());
@@ -922,7 +922,7 @@ impl Zone {
         // it is applied; a relist re-delivering an unchanged slice is not a change.
         let programmed = current
             .filter(|new| old.as_ref() != Some(*new))
-            .and_then(|new| Some((new.trigger_time?, new.service.clone())));
+            .and_then(|new| Some((new.trigger_time?, new.service.to_string())));
         // Endpoints this change takes away from the slice's (old) Service linger for a grace
         // (module documentation): those of a deleted or relabelled slice, and those whose
         // addresses the new version of the slice no longer has.
@@ -941,7 +941,7 @@ impl Zone {
                 .filter(|e| !e.addresses.iter().any(|ip| kept.contains(ip)))
                 .cloned()
                 .collect();
-            let service_id = (key.namespace.clone(), old.service.clone());
+            let service_id = (key.namespace.clone(), old.service.to_string());
             // Only a headless Service publishes its endpoints; a ClusterIP Service's answers
             // do not depend on them, so endpoint churn there queues nothing.
             if !gone.is_empty()
@@ -956,9 +956,9 @@ impl Zone {
                     until,
                     SliceInfo {
                         service: old.service.clone(),
-                        endpoints: gone,
+                        endpoints: gone.into(),
                         ports: old.ports.clone(),
-                        excluded: Vec::new(),
+                        excluded: Box::default(),
                         trigger_time: None,
                     },
                 ));
@@ -970,7 +970,7 @@ impl Zone {
         }
         // A slice that moved to another service leaves the old one first.
         if let Some(old) = old
-            .map(|s| s.service)
+            .map(|s| s.service.to_string())
             .filter(|old| Some(old) != new_service.as_ref())
         {
             let service_id = (key.namespace.clone(), old);
@@ -1109,7 +1109,7 @@ impl Zone {
                         (
                             *until,
                             SliceInfo {
-                                endpoints,
+                                endpoints: endpoints.into(),
                                 ..slice.clone()
                             },
                         )

@@ -49,7 +49,7 @@ impl Rejection {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PortInfo {
     /// `ports[].name`, if any.
-    pub name: Option<String>,
+    pub name: Option<Box<str>>,
     /// The protocol, whose label (`tcp`, `udp`, `sctp`) names SRV records.
     pub protocol: Protocol,
     /// The port number.
@@ -60,11 +60,11 @@ pub struct PortInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServiceShape {
     /// A/AAAA for each ClusterIP (every family of a dual-stack Service).
-    ClusterIp(Vec<IpAddr>),
+    ClusterIp(SmallVec<[IpAddr; 1]>),
     /// `clusterIP: None`: records per endpoint.
     Headless,
     /// CNAME to this name.
-    ExternalName(Name),
+    ExternalName(WireName),
     /// No ClusterIP assigned yet (or a type DNS has nothing for): no records.
     Unaddressed,
 }
@@ -75,7 +75,7 @@ pub struct ServiceInfo {
     /// What the Service answers with.
     pub shape: ServiceShape,
     /// Service ports (used for ClusterIP SRV records).
-    pub ports: Vec<PortInfo>,
+    pub ports: Box<[PortInfo]>,
     /// `spec.publishNotReadyAddresses`: not-ready endpoints get records too.
     pub publish_not_ready: bool,
 }
@@ -86,7 +86,7 @@ pub struct EndpointInfo {
     /// Its addresses: one in practice (kept inline), the API allows more.
     pub addresses: SmallVec<[IpAddr; 1]>,
     /// `hostname`, which names the endpoint `<hostname>.<svc>.<ns>.svc.<zone>`.
-    pub hostname: Option<String>,
+    pub hostname: Option<Box<str>>,
     /// `conditions.ready`; an absent condition means ready (discovery.k8s.io/v1 API doc).
     pub ready: bool,
     /// `conditions.terminating`: only says *why* a not-ready endpoint is left out.
@@ -161,13 +161,13 @@ pub fn endpoint_exclusion(info: &ServiceInfo, endpoint: &EndpointInfo) -> Option
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SliceInfo {
     /// The Service it belongs to (label `kubernetes.io/service-name`).
-    pub service: String,
+    pub service: Box<str>,
     /// Endpoints with IPv4/IPv6 addresses (FQDN slices carry none).
-    pub endpoints: Vec<EndpointInfo>,
+    pub endpoints: Box<[EndpointInfo]>,
     /// Endpoint ports (headless SRV records use these, as CoreDNS does).
-    pub ports: Vec<PortInfo>,
+    pub ports: Box<[PortInfo]>,
     /// Endpoints dropped while reducing the slice, with the rule (for explanations only).
-    pub excluded: Vec<ExcludedEndpoint>,
+    pub excluded: Box<[ExcludedEndpoint]>,
     /// When the change this version of the slice carries was triggered (the EndpointSlice
     /// controller's `endpoints.kubernetes.io/last-change-trigger-time` annotation): the start
     /// of the DNS-programming latency SLI.
@@ -229,7 +229,11 @@ pub fn service_info(service: &Service) -> Result<ServiceInfo, Rejection> {
         .flatten()
         .filter_map(|p| {
             Some(PortInfo {
-                name: p.name.clone().filter(|n| is_valid_label(n)),
+                name: p
+                    .name
+                    .as_deref()
+                    .filter(|n| is_valid_label(n))
+                    .map(Box::from),
                 protocol: protocol_label(p.protocol.as_deref()),
                 port: port_number(p.port)?,
             })
@@ -239,7 +243,7 @@ pub fn service_info(service: &Service) -> Result<ServiceInfo, Rejection> {
         let target = spec.external_name.as_deref().unwrap_or_default();
         match fqdn(target) {
             Some(name) if !target.is_empty() && name.num_labels() > 0 => {
-                ServiceShape::ExternalName(name)
+                ServiceShape::ExternalName(WireName::new(&name))
             }
             _ => return Err(Rejection::InvalidExternalName),
         }
@@ -254,7 +258,8 @@ pub fn service_info(service: &Service) -> Result<ServiceInfo, Rejection> {
         } else if ips.is_empty() {
             ServiceShape::Unaddressed
         } else {
-            let parsed: Result<Vec<IpAddr>, _> = ips.iter().map(|ip| ip.parse()).collect();
+            let parsed: Result<SmallVec<[IpAddr; 1]>, _> =
+                ips.iter().map(|ip| ip.parse()).collect();
             ServiceShape::ClusterIp(parsed.map_err(|_| Rejection::InvalidAddress)?)
         }
     };
@@ -306,7 +311,11 @@ pub fn slice_info(slice: &EndpointSlice) -> Result<SliceInfo, Rejection> {
             }
             endpoints.push(EndpointInfo {
                 addresses,
-                hostname: endpoint.hostname.clone().filter(|h| is_valid_label(h)),
+                hostname: endpoint
+                    .hostname
+                    .as_deref()
+                    .filter(|h| is_valid_label(h))
+                    .map(Box::from),
                 ready: endpoint
                     .conditions
                     .as_ref()
@@ -333,17 +342,21 @@ pub fn slice_info(slice: &EndpointSlice) -> Result<SliceInfo, Rejection> {
         .flatten()
         .filter_map(|p| {
             Some(PortInfo {
-                name: p.name.clone().filter(|n| is_valid_label(n)),
+                name: p
+                    .name
+                    .as_deref()
+                    .filter(|n| is_valid_label(n))
+                    .map(Box::from),
                 protocol: protocol_label(p.protocol.as_deref()),
                 port: port_number(p.port?)?,
             })
         })
         .collect();
     Ok(SliceInfo {
-        service,
-        endpoints,
+        service: service.into(),
+        endpoints: endpoints.into(),
         ports,
-        excluded,
+        excluded: excluded.into(),
         trigger_time: trigger_time(slice),
     })
 }
@@ -667,7 +680,7 @@ pub fn service_records<'a>(
     match &info.shape {
         ServiceShape::Unaddressed => {}
         ServiceShape::ExternalName(target) => {
-            b.add(service_name, RData::CNAME(CNAME(target.clone())));
+            b.add(service_name, RData::CNAME(CNAME(target.to_name())));
         }
         ServiceShape::ClusterIp(ips) => {
             for ip in ips {
@@ -685,7 +698,10 @@ pub fn service_records<'a>(
                         continue;
                     }
                     for ip in &endpoint.addresses {
-                        let label = endpoint.hostname.clone().unwrap_or_else(|| dashed_ip(*ip));
+                        let label = match &endpoint.hostname {
+                            Some(hostname) => hostname.to_string(),
+                            None => dashed_ip(*ip),
+                        };
                         let Ok(endpoint_name) = Name::from_labels([label.as_bytes()])
                             .and_then(|l| l.append_name(service_name))
                             .map(|n| n.to_lowercase())
