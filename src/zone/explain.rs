@@ -539,8 +539,9 @@ impl Zone {
             entry.origin.as_ref(),
         ));
         out.excluded = excluded_endpoints(state, namespace, entry);
+        let published = self.published_records(state, &id);
         match &info.shape {
-            ServiceShape::Headless if entry.published.is_empty() => out.notes.push(format!(
+            ServiceShape::Headless if published.is_empty() => out.notes.push(format!(
                 "headless Service '{namespace}/{service}' has no published endpoint: its names \
                  are NXDOMAIN until one is ready{}",
                 if out.excluded.is_empty() {
@@ -574,9 +575,8 @@ impl Zone {
         };
         let depth = service_name.num_labels();
         let first_labels = |extra: u8| -> Vec<String> {
-            entry
-                .published
-                .names()
+            published
+                .keys()
                 .filter(|n| n.num_labels() == depth + extra && service_name.zone_of(n))
                 .map(|n| {
                     n.iter()

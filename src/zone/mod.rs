@@ -42,7 +42,7 @@ use records::{
 };
 use smallvec::SmallVec;
 use std::cell::Cell;
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -166,42 +166,6 @@ impl Node {
     }
 }
 
-/// The records one Service published, by name (as index keys, in key order): a boxed slice
-/// rather than a map, because a map node reserves room for 11 entries (about 1 KB with
-/// hickory names) where most Services publish two to four names: at 50,000 Services the maps
-/// were 60 MB.
-#[derive(Debug, Default)]
-struct Published(Box<[(NameKey, Arc<[StoredRecord]>)]>);
-
-impl Published {
-    fn get(&self, name: &Name) -> Option<&Arc<[StoredRecord]>> {
-        let mut buffer = [0; 255];
-        let key = key_bytes(name, &mut buffer);
-        let found = self.0.binary_search_by(|(n, _)| (*n.0).cmp(key)).ok()?;
-        Some(&self.0[found].1)
-    }
-
-    /// The names, as names.
-    fn names(&self) -> impl Iterator<Item = Name> + '_ {
-        self.0.iter().map(|(key, _)| key.to_name())
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl From<RecordsByName> for Published {
-    fn from(records: RecordsByName) -> Published {
-        let mut published: Box<[(NameKey, Arc<[StoredRecord]>)]> = records
-            .into_iter()
-            .map(|(name, records)| (NameKey::new(&name), records))
-            .collect();
-        published.sort_unstable_by(|a, b| a.0.0.cmp(&b.0.0));
-        Published(published)
-    }
-}
-
 /// The names of a Service's EndpointSlices, sorted: a vector, not a set (a set's first node
 /// reserves room for 11 names, where a Service has one slice, or a few).
 #[derive(Debug, Default)]
@@ -220,7 +184,7 @@ impl SliceNames {
         }
     }
 
-    fn iter(&self) -> impl Iterator<Item = &String> {
+    fn iter(&self) -> std::slice::Iter<'_, String> {
         self.0.iter()
     }
 
@@ -234,7 +198,6 @@ struct ServiceEntry {
     owner: OwnerId,
     info: Option<ServiceInfo>,
     slices: SliceNames,
-    published: Published,
     /// Endpoints that left this Service's slices and are still published until their grace
     /// ends (each with the ports of the slice they left).
     lingering: Vec<(Instant, SliceInfo)>,
@@ -249,7 +212,6 @@ impl ServiceEntry {
             origin: None,
             info: None,
             slices: SliceNames::default(),
-            published: Published::default(),
             lingering: Vec::new(),
         }
     }
@@ -293,8 +255,9 @@ struct WriterState {
     /// The manifest paths objects came from, one copy each (a file defines many objects).
     files: HashSet<Arc<str>>,
     /// While a batch is applied: the Services to republish at its end
-    /// ([`Zone::apply_batch`]).
-    deferred: Option<BTreeSet<(String, String)>>,
+    /// ([`Zone::apply_batch`]), each with the records it had in the index before the batch
+    /// first changed it (see [`Zone::published_records`]).
+    deferred: Option<BTreeMap<(String, String), RecordsByName>>,
     /// Programming latencies to observe once the batch that carries them is published.
     programmed: Vec<(&'static str, SystemTime)>,
 }
@@ -774,14 +737,14 @@ impl Zone {
     pub fn apply_batch(&self, events: impl IntoIterator<Item = SourceEvent>) {
         let mut state = self.lock();
         self.last_change.store(unix_now(), Ordering::Relaxed);
-        state.deferred = Some(BTreeSet::new());
+        state.deferred = Some(BTreeMap::new());
         let mut changed = false;
         for event in events {
             changed |= self.apply_locked(&mut state, event);
         }
         let now = Instant::now();
-        for service_id in state.deferred.take().into_iter().flatten() {
-            self.republish(&mut state, &service_id, now);
+        for (service_id, published) in state.deferred.take().into_iter().flatten() {
+            self.publish(&mut state, &service_id, published, now);
         }
         for (kind, triggered) in std::mem::take(&mut state.programmed) {
             // A trigger time ahead of our clock (skew with the control plane) counts as 0.
@@ -873,6 +836,7 @@ impl Zone {
         if !was_present && !is_present && !state.services.contains_key(&id) {
             return;
         }
+        self.touch(state, &id);
         let owner = match state.services.get(&id) {
             Some(entry) => entry.owner,
             None => state.new_owner(),
@@ -902,6 +866,13 @@ impl Zone {
         let now = Instant::now();
         let slice_id = (key.namespace.clone(), key.name.clone());
         let new_service = info.as_ref().map(|(s, _)| s.service.to_string());
+        let old_service = state
+            .slices
+            .get(&slice_id)
+            .map(|e| e.info.service.to_string());
+        for service in [&old_service, &new_service].into_iter().flatten() {
+            self.touch(state, &(key.namespace.clone(), service.clone()));
+        }
         let old = match info {
             Some((info, origin)) => {
                 let old = state.slices.get(&slice_id).map(|e| e.origin.clone());
@@ -1069,28 +1040,108 @@ impl Zone {
         }
     }
 
-    /// Recomputes one Service's records and changes only the names whose records differ.
-    /// Lingering endpoints whose grace is over at `now`, or whose address a slice of the
-    /// Service has again, are dropped first.
-    fn republish(&self, state: &mut WriterState, service_id: &(String, String), now: Instant) {
-        if let Some(deferred) = state.deferred.as_mut() {
-            deferred.insert(service_id.clone());
+    /// The records a Service has in the index, computed from the writer state as its last
+    /// publication left it: its Service, the slices it lists and the lingering endpoints it
+    /// kept. Every change to those goes through [`Zone::touch`] first and ends in
+    /// [`Zone::publish`], so the index holds exactly these and they need not be stored a
+    /// second time (a copy per Service, by name, was 17 MB at 50,000 Services).
+    fn published_records(
+        &self,
+        state: &WriterState,
+        service_id: &(String, String),
+    ) -> RecordsByName {
+        let Some(entry) = state.services.get(service_id) else {
+            return RecordsByName::new();
+        };
+        let live = self.live_slices(state, service_id, entry);
+        self.service_records(
+            service_id,
+            entry,
+            live.chain(entry.lingering.iter().map(|(_, s)| s)),
+        )
+    }
+
+    /// The slices a Service lists, as the writer has them.
+    fn live_slices<'a>(
+        &self,
+        state: &'a WriterState,
+        service_id: &'a (String, String),
+        entry: &'a ServiceEntry,
+    ) -> impl Iterator<Item = &'a SliceInfo> + Clone {
+        entry
+            .slices
+            .iter()
+            .filter_map(|s| state.slices.get(&(service_id.0.clone(), s.clone())))
+            .map(|e| &e.info)
+    }
+
+    /// Every record of a Service given the slices that count (none without a Service object).
+    fn service_records<'a>(
+        &self,
+        service_id: &(String, String),
+        entry: &ServiceEntry,
+        slices: impl Iterator<Item = &'a SliceInfo>,
+    ) -> RecordsByName {
+        match (
+            &entry.info,
+            records::service_name(&service_id.1, &service_id.0, &self.config.origin),
+        ) {
+            (Some(info), Some(name)) => {
+                records::service_records(info, slices, &name, self.config.ttl)
+            }
+            _ => RecordsByName::new(),
+        }
+    }
+
+    /// To be called before anything a Service's records depend on changes: inside a batch,
+    /// notes the records it has now (once, at the first change) and defers its publication to
+    /// the end of the batch.
+    fn touch(&self, state: &mut WriterState, service_id: &(String, String)) {
+        if state
+            .deferred
+            .as_ref()
+            .is_none_or(|deferred| deferred.contains_key(service_id))
+        {
             return;
         }
+        let published = self.published_records(state, service_id);
+        if let Some(deferred) = state.deferred.as_mut() {
+            deferred.insert(service_id.clone(), published);
+        }
+    }
+
+    /// Republishes a Service whose inputs did not change since its last publication (the end
+    /// of a lingering endpoint's grace); inside a batch, at the batch's end.
+    fn republish(&self, state: &mut WriterState, service_id: &(String, String), now: Instant) {
+        if state.deferred.is_some() {
+            self.touch(state, service_id);
+            return;
+        }
+        let published = self.published_records(state, service_id);
+        self.publish(state, service_id, published, now);
+    }
+
+    /// Recomputes one Service's records and changes only the names whose records differ from
+    /// `published` (what the index has for it). Lingering endpoints whose grace is over at
+    /// `now`, or whose address a slice of the Service has again, are dropped first.
+    fn publish(
+        &self,
+        state: &mut WriterState,
+        service_id: &(String, String),
+        published: RecordsByName,
+        now: Instant,
+    ) {
+        // A Service leaves the writer only here, once it has no records: without an entry,
+        // `published` is empty.
         let Some(entry) = state.services.get(service_id) else {
             return;
         };
-        let live = || {
-            entry
-                .slices
-                .iter()
-                .filter_map(|s| state.slices.get(&(service_id.0.clone(), s.clone())))
-                .map(|e| &e.info)
-        };
+        let live = self.live_slices(state, service_id, entry);
         let lingering: Vec<(Instant, SliceInfo)> = if entry.lingering.is_empty() {
             Vec::new()
         } else {
-            let addresses: HashSet<IpAddr> = live()
+            let addresses: HashSet<IpAddr> = live
+                .clone()
                 .flat_map(|s| s.endpoints.iter())
                 .flat_map(|e| e.addresses.iter().copied())
                 .collect();
@@ -1117,28 +1168,19 @@ impl Zone {
                 })
                 .collect()
         };
-        let fresh = match (
-            &entry.info,
-            records::service_name(&service_id.1, &service_id.0, &self.config.origin),
-        ) {
-            (Some(info), Some(name)) => records::service_records(
-                info,
-                live().chain(lingering.iter().map(|(_, s)| s)),
-                &name,
-                self.config.ttl,
-            ),
-            _ => RecordsByName::new(),
-        };
+        let fresh = self.service_records(
+            service_id,
+            entry,
+            live.chain(lingering.iter().map(|(_, s)| s)),
+        );
         let owner = entry.owner;
-        for name in entry.published.names().filter(|n| !fresh.contains_key(n)) {
-            self.remove(&name, owner);
+        for name in published.keys().filter(|n| !fresh.contains_key(*n)) {
+            self.remove(name, owner);
         }
-        let mut fresh = fresh;
-        for (name, records) in fresh.iter_mut() {
-            match entry.published.get(name) {
-                // Unchanged: keep the set the index already holds (one copy, not two).
-                Some(published) if published == records => *records = published.clone(),
-                _ => self.put(name, owner, records.clone()),
+        for (name, records) in &fresh {
+            // Unchanged: the index keeps the set it holds.
+            if published.get(name) != Some(records) {
+                self.put(name, owner, records.clone());
             }
         }
         debug!(service = %format!("{}/{}", service_id.0, service_id.1), names = fresh.len(), lingering = lingering.len(), "service records published");
@@ -1146,7 +1188,6 @@ impl Zone {
         if remove_entry {
             state.services.remove(service_id);
         } else if let Some(entry) = state.services.get_mut(service_id) {
-            entry.published = fresh.into();
             entry.lingering = lingering;
         }
     }

@@ -1101,3 +1101,101 @@ fn index_keys_are_lower_case_wire_labels_that_give_the_name_back() {
     assert_eq!(key_bytes(&longest, &mut buffer).len(), 254);
     assert_eq!(NameKey::new(&longest).to_name(), longest);
 }
+
+/// Every name of the index with its records (owner by owner), for comparing whole zones.
+fn index_contents(zone: &Zone) -> BTreeMap<String, Vec<String>> {
+    zone.index
+        .iter()
+        .map(|node| {
+            let mut records: Vec<String> = node.records().map(|r| format!("{r:?}")).collect();
+            records.sort();
+            (node.key().to_name().to_string(), records)
+        })
+        .collect()
+}
+
+#[test]
+fn what_a_change_takes_away_leaves_the_index_whether_applied_alone_or_in_a_batch() {
+    // The zone keeps no copy of what a Service published: the names to take away are
+    // recomputed from its state before the change. Every kind of name a change can drop:
+    // a PTR (new ClusterIP), an SRV name and its `_tcp` parent (renamed port), an endpoint
+    // name (new hostname), a slice moving to another Service, a Service deleted.
+    let history = || {
+        vec![
+            service(
+                "ns",
+                "web",
+                json!({"clusterIP": "10.0.0.1", "ports": [{"name": "http", "port": 80}]}),
+            ),
+            service("ns", "hl", json!({"clusterIP": "None"})),
+            service("ns", "other", json!({"clusterIP": "None"})),
+            service("ns", "gone", json!({"clusterIP": "10.0.0.9"})),
+            slice(
+                "ns",
+                "hl-a",
+                "hl",
+                endpoints(&[("10.1.0.1", "a"), ("10.1.0.2", "b")]),
+            ),
+            service(
+                "ns",
+                "web",
+                json!({"clusterIP": "10.0.0.2", "ports": [{"name": "https", "port": 443, "protocol": "UDP"}]}),
+            ),
+            slice(
+                "ns",
+                "hl-a",
+                "hl",
+                endpoints(&[("10.1.0.1", "c"), ("10.1.0.2", "b")]),
+            ),
+            slice(
+                "ns",
+                "hl-a",
+                "other",
+                endpoints(&[("10.1.0.1", "c"), ("10.1.0.2", "b")]),
+            ),
+            SourceEvent::Delete(key(ObjectKind::Service, "ns", "gone")),
+        ]
+    };
+    let final_state = vec![
+        service(
+            "ns",
+            "web",
+            json!({"clusterIP": "10.0.0.2", "ports": [{"name": "https", "port": 443, "protocol": "UDP"}]}),
+        ),
+        service("ns", "hl", json!({"clusterIP": "None"})),
+        service("ns", "other", json!({"clusterIP": "None"})),
+        slice(
+            "ns",
+            "hl-a",
+            "other",
+            endpoints(&[("10.1.0.1", "c"), ("10.1.0.2", "b")]),
+        ),
+    ];
+    let one_by_one = zone(PodMode::Disabled);
+    for event in history() {
+        one_by_one.apply(event);
+    }
+    let batched = zone(PodMode::Disabled);
+    batched.apply_batch(history());
+    let fresh = zone(PodMode::Disabled);
+    fresh.apply_batch(final_state);
+    // Endpoints taken away linger for their grace (module documentation); then they go.
+    let after_grace = Instant::now() + ENDPOINT_GRACE + Duration::from_secs(1);
+    one_by_one.expire_endpoints(after_grace);
+    batched.expire_endpoints(after_grace);
+    let expected = index_contents(&fresh);
+    assert!(expected.contains_key("_https._udp.web.ns.svc.cluster.local."));
+    assert!(expected.contains_key("c.other.ns.svc.cluster.local."));
+    assert!(!expected.contains_key("_http._tcp.web.ns.svc.cluster.local."));
+    assert!(!expected.contains_key("1.0.0.10.in-addr.arpa."));
+    assert_eq!(index_contents(&one_by_one), expected);
+    assert_eq!(index_contents(&batched), expected);
+    assert_eq!(
+        one_by_one.metrics.zone_records.get(),
+        fresh.metrics.zone_records.get()
+    );
+    assert_eq!(
+        batched.metrics.zone_records.get(),
+        fresh.metrics.zone_records.get()
+    );
+}
