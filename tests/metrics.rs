@@ -3,6 +3,7 @@
 
 mod support;
 
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use support::*;
 
@@ -104,6 +105,79 @@ fn per_query_metrics_have_coredns_labels() {
     );
     assert!(text.contains("coredns_panics_total 0"));
     assert!(text.contains("coredns_reload_failed_total 0"));
+}
+
+#[test]
+fn answers_repeated_from_prebuilt_bytes_are_counted_like_any_other() {
+    // A question asked again is answered from the bytes built the first time (zone names
+    // and cache hits alike), and a UDP worker counts those per batch: the series must end up
+    // exactly as if every answer had been built.
+    const ROUNDS: usize = 6;
+    let upstream = FakeUpstream::start(UpstreamMode::Answer);
+    let server = Server::fixtures(Some(upstream.addr));
+    let server_label = format!("server=\"dns://{}\"", server.dns);
+    let mut with_do = query_edns(
+        "kubernetes.default.svc.cluster.local.",
+        RecordType::AAAA,
+        1232,
+    );
+    if let Some(edns) = with_do.edns.as_mut() {
+        edns.set_dnssec_ok(true);
+    }
+    for _ in 0..ROUNDS {
+        let zone = server.udp(&query(
+            "kubernetes.default.svc.cluster.local.",
+            RecordType::A,
+        ));
+        assert_eq!(zone.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(zone.answers.len(), 1);
+        let forwarded = server.udp(&query("www.example.org.", RecordType::A));
+        assert_eq!(forwarded.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(forwarded.answers.len(), 1);
+        server.udp(&with_do);
+    }
+    let text = server.metrics_text();
+    let value = |name: &str, labels: &str| metric_value(&text, name, labels);
+    let rounds = ROUNDS as f64;
+    assert!(
+        value("clusterdns_prebuilt_answers_total", "source=\"zone\"") >= 2.0 * (rounds - 1.0),
+        "the repeated zone questions were answered from bytes: {text}"
+    );
+    assert!(
+        value("clusterdns_prebuilt_answers_total", "source=\"cache\"") >= rounds - 2.0,
+        "the repeated upstream question was answered from bytes: {text}"
+    );
+    let requests = |qtype: &str| {
+        value(
+            "coredns_dns_requests_total",
+            &format!("{server_label},proto=\"udp\",type=\"{qtype}\""),
+        )
+    };
+    assert_eq!(requests("A"), 2.0 * rounds);
+    assert_eq!(requests("AAAA"), rounds);
+    let responses = |plugin: &str| {
+        value(
+            "coredns_dns_responses_total",
+            &format!("{server_label},rcode=\"NOERROR\",plugin=\"{plugin}\""),
+        )
+    };
+    assert_eq!(responses("kubernetes"), 2.0 * rounds);
+    assert_eq!(responses("forward"), rounds);
+    assert_eq!(
+        value("coredns_dns_do_requests_total", &server_label),
+        rounds
+    );
+    let count = |name: &str| value(name, &format!("{server_label},proto=\"udp\""));
+    assert_eq!(
+        value(
+            "coredns_dns_request_duration_seconds_count",
+            &format!("{server_label},type=\"A\"")
+        ),
+        2.0 * rounds
+    );
+    assert_eq!(count("coredns_dns_request_size_bytes_count"), 3.0 * rounds);
+    assert_eq!(count("coredns_dns_response_size_bytes_count"), 3.0 * rounds);
+    assert!(count("coredns_dns_response_size_bytes_sum") > 3.0 * rounds * 12.0);
 }
 
 #[test]

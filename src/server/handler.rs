@@ -16,7 +16,7 @@ use super::rate_limit::{RateLimiter, Verdict};
 use crate::config::AclConfig;
 use crate::ops::explain::{self, ExplainContext};
 use crate::ops::metrics::Metrics;
-use crate::ops::query_metrics::{AnsweredBy, QueryMetrics};
+use crate::ops::query_metrics::{AnsweredBy, QueryMetrics, Tally};
 use crate::upstream::{ForwardError, Resolver, UpstreamAnswer};
 use crate::zone::{Lookup, Zone, ZoneAnswer};
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -200,25 +200,49 @@ impl Drop for InFlight<'_> {
 
 /// The `[acl]` lists, ready for per-query checks.
 struct Acl {
-    allow: Vec<ipnet::IpNet>,
-    recursion: Vec<ipnet::IpNet>,
+    allow: Networks,
+    recursion: Networks,
+}
+
+/// One `[acl]` list. The default lists (`0.0.0.0/0` and `::/0`) hold every client: known
+/// once here rather than found again for each query.
+struct Networks {
+    nets: Vec<ipnet::IpNet>,
+    everyone: bool,
+}
+
+impl Networks {
+    fn new(nets: &[ipnet::IpNet]) -> Networks {
+        let everywhere = |v4: bool| {
+            nets.iter()
+                .any(|n| n.prefix_len() == 0 && n.addr().is_ipv4() == v4)
+        };
+        Networks {
+            nets: nets.to_vec(),
+            everyone: everywhere(true) && everywhere(false),
+        }
+    }
+
+    fn contain(&self, ip: std::net::IpAddr) -> bool {
+        self.everyone || self.nets.iter().any(|net| net.contains(&ip))
+    }
 }
 
 impl From<&AclConfig> for Acl {
     fn from(config: &AclConfig) -> Acl {
         Acl {
-            allow: config.allow.clone(),
-            recursion: config.recursion.clone(),
+            allow: Networks::new(&config.allow),
+            recursion: Networks::new(&config.recursion),
         }
     }
 }
 
 impl Acl {
     fn allows(&self, ip: std::net::IpAddr) -> bool {
-        self.allow.iter().any(|net| net.contains(&ip))
+        self.allow.contain(ip)
     }
     fn may_forward(&self, ip: std::net::IpAddr) -> bool {
-        self.recursion.iter().any(|net| net.contains(&ip))
+        self.recursion.contain(ip)
     }
 }
 
@@ -434,7 +458,21 @@ impl Handler {
     /// | in the zone                             | the zone's answer |
     /// | anywhere else                           | the upstream's    |
     pub fn handle(&self, packet: &[u8], peer: SocketAddr, listener: &Arc<QueryMetrics>) -> Outcome {
-        let started = Instant::now();
+        self.handle_received(packet, peer, listener, Instant::now(), None)
+    }
+
+    /// [`Handler::handle`] for a query of a batch read at `received` (one clock read per
+    /// batch); answers ready at once are counted into `tally` when there is one (which the
+    /// caller flushes when it sends the batch's answers).
+    pub fn handle_received(
+        &self,
+        packet: &[u8],
+        peer: SocketAddr,
+        listener: &Arc<QueryMetrics>,
+        received: Instant,
+        tally: Option<&mut Tally>,
+    ) -> Outcome {
+        let started = received;
         let transport = listener.proto();
         if packet.len() < 12 {
             listener.request(None, packet.len(), false);
@@ -451,7 +489,8 @@ impl Handler {
             .as_ref()
             .and_then(|query| query.key(packet, self.udp_cap(transport)));
         if let (Some(query), Some(key)) = (&simple, &prebuilt_key)
-            && let Some(outcome) = self.prebuilt_answer(packet, query, key, peer, listener, started)
+            && let Some(outcome) =
+                self.prebuilt_answer(packet, (query, key), peer, listener, started, tally)
         {
             return outcome;
         }
@@ -628,11 +667,11 @@ impl Handler {
     fn prebuilt_answer(
         &self,
         packet: &[u8],
-        query: &SimpleQuery,
-        key: &PrebuiltKey,
+        (query, key): (&SimpleQuery, &PrebuiltKey),
         peer: SocketAddr,
         listener: &Arc<QueryMetrics>,
         started: Instant,
+        tally: Option<&mut Tally>,
     ) -> Option<Outcome> {
         let transport = listener.proto();
         let acl = self.acl.load();
@@ -658,9 +697,19 @@ impl Handler {
             AnsweredBy::Zone
         };
         self.prebuilt_counts[usize::from(hit.from_cache)].inc();
-        let qtype = Some(query.qtype());
-        listener.request(qtype, packet.len(), query.dnssec_ok());
-        listener.response(qtype, hit.rcode, by, hit.bytes.len(), started);
+        let qtype = query.qtype();
+        match tally {
+            Some(tally) => tally.answered(
+                (qtype, packet.len(), query.dnssec_ok()),
+                hit.rcode,
+                by,
+                hit.bytes.len(),
+            ),
+            None => {
+                listener.request(Some(qtype), packet.len(), query.dnssec_ok());
+                listener.response(Some(qtype), hit.rcode, by, hit.bytes.len(), started);
+            }
+        }
         Some(Outcome::Reply(hit.bytes))
     }
 

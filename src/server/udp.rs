@@ -6,9 +6,10 @@
 use super::UpstreamAnswer;
 use super::batch::{Inbox, Outbox};
 use super::handler::{Handler, Outcome};
-use crate::ops::query_metrics::QueryMetrics;
+use crate::ops::query_metrics::{QueryMetrics, Tally};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
@@ -22,6 +23,7 @@ pub async fn serve(
 ) {
     let mut inbox = Inbox::default();
     let mut outbox = Outbox::default();
+    let mut tally = Tally::new(&listener_metrics);
     loop {
         let count = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -34,6 +36,7 @@ pub async fn serve(
                 }
             },
         };
+        let received = Instant::now();
         for index in 0..count {
             let Some(datagram) = inbox.get(index) else {
                 continue;
@@ -48,14 +51,14 @@ pub async fn serve(
                 continue;
             }
             answer(
-                &socket,
-                &handler,
-                &listener_metrics,
+                (&socket, &handler, &listener_metrics),
                 datagram.bytes,
                 datagram.peer,
+                (received, &mut tally),
                 &mut outbox,
             );
         }
+        tally.flush(&listener_metrics, received);
         outbox.flush(&socket).await;
     }
 }
@@ -63,17 +66,16 @@ pub async fn serve(
 /// Answers one datagram: into `outbox` when the answer is ready now, else from a task that
 /// waits for the upstream.
 fn answer(
-    socket: &Arc<UdpSocket>,
-    handler: &Arc<Handler>,
-    listener_metrics: &Arc<QueryMetrics>,
+    (socket, handler, listener_metrics): (&Arc<UdpSocket>, &Arc<Handler>, &Arc<QueryMetrics>),
     packet: &[u8],
     peer: SocketAddr,
+    (received, tally): (Instant, &mut Tally),
     outbox: &mut Outbox,
 ) {
     // A bug triggered by one packet must not end the worker (and with it a share of the
     // port's traffic, spread by SO_REUSEPORT): drop that packet and go on.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        handler.handle(packet, peer, listener_metrics)
+        handler.handle_received(packet, peer, listener_metrics, received, Some(tally))
     }));
     let outcome = match outcome {
         Ok(outcome) => outcome,
