@@ -152,7 +152,7 @@ struct Node {
     /// Records per owner. An owner with no records makes the name exist (NODATA). Almost
     /// every name has one owner: kept inline, not in an allocation of its own (a `Vec` cost
     /// 48 bytes more per name, 15 MB at 50,000 Services).
-    owners: SmallVec<[(OwnerId, Arc<[StoredRecord]>); 1]>,
+    owners: SmallVec<[(OwnerId, Box<[StoredRecord]>); 1]>,
     /// How many names lie directly below this one: an empty non-terminal exists too.
     children: u32,
 }
@@ -338,19 +338,19 @@ impl Zone {
         zone.put(
             &origin,
             STATIC_OWNER,
-            Arc::new([StoredRecord::new(ttl, RData::NS(NS(soa_mname)))]),
+            Box::new([StoredRecord::new(ttl, RData::NS(NS(soa_mname)))]),
         );
         let version = child("dns-version");
         zone.put(
             &version,
             STATIC_OWNER,
-            Arc::new([StoredRecord::new(
+            Box::new([StoredRecord::new(
                 DNS_VERSION_TTL,
                 RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_string()])),
             )]),
         );
-        zone.put(&child("svc"), STATIC_OWNER, Arc::new([]));
-        zone.put(&child("pod"), STATIC_OWNER, Arc::new([]));
+        zone.put(&child("svc"), STATIC_OWNER, Box::new([]));
+        zone.put(&child("pod"), STATIC_OWNER, Box::new([]));
         zone
     }
 
@@ -606,7 +606,7 @@ impl Zone {
     }
 
     /// Sets `owner`'s records at `name`; creates the name (and links it to its parent).
-    fn put(&self, name: &Name, owner: OwnerId, records: Arc<[StoredRecord]>) {
+    fn put(&self, name: &Name, owner: OwnerId, records: Box<[StoredRecord]>) {
         let mut created = false;
         {
             let mut node = self.index.entry(NameKey::new(name)).or_insert_with(|| {
@@ -1177,13 +1177,13 @@ impl Zone {
         for name in published.keys().filter(|n| !fresh.contains_key(*n)) {
             self.remove(name, owner);
         }
-        for (name, records) in &fresh {
+        debug!(service = %format!("{}/{}", service_id.0, service_id.1), names = fresh.len(), lingering = lingering.len(), "service records published");
+        for (name, records) in fresh {
             // Unchanged: the index keeps the set it holds.
-            if published.get(name) != Some(records) {
-                self.put(name, owner, records.clone());
+            if published.get(&name) != Some(&records) {
+                self.put(&name, owner, records);
             }
         }
-        debug!(service = %format!("{}/{}", service_id.0, service_id.1), names = fresh.len(), lingering = lingering.len(), "service records published");
         let remove_entry = entry.info.is_none() && entry.slices.is_empty();
         if remove_entry {
             state.services.remove(service_id);
@@ -1279,7 +1279,7 @@ impl Zone {
             };
             let name = name.to_lowercase();
             if exists {
-                self.put(&name, owner, Arc::new([]));
+                self.put(&name, owner, Box::new([]));
             } else {
                 self.remove(&name, owner);
             }

@@ -13,7 +13,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 /// Why an object was not turned into records; the label of `clusterdns_objects_rejected_total`.
@@ -553,8 +552,7 @@ pub fn name_from_wire_labels(bytes: &[u8]) -> Name {
 }
 
 /// Every record one Service owns, by owner name (lower case, fully qualified).
-/// Each set is shared with the name index (one copy of every record, not two).
-pub type RecordsByName = BTreeMap<Name, Arc<[StoredRecord]>>;
+pub type RecordsByName = BTreeMap<Name, Box<[StoredRecord]>>;
 
 /// Where the records of one Service live: `<svc>.<ns>.svc.<zone>`.
 pub fn service_name(service: &str, namespace: &str, origin: &Name) -> Option<Name> {
@@ -651,12 +649,15 @@ impl Builder {
         self.records
             .into_iter()
             .map(|(name, set)| {
-                let records = set
-                    .data
-                    .into_iter()
-                    .map(|data| StoredRecord::new(ttl, data))
-                    .collect();
-                (name, records)
+                // Into a new allocation of the exact size: collected from the `Vec<RData>`,
+                // the records would reuse its allocation, six times their size.
+                let mut records = Vec::with_capacity(set.data.len());
+                records.extend(
+                    set.data
+                        .into_iter()
+                        .map(|data| StoredRecord::new(ttl, data)),
+                );
+                (name, records.into_boxed_slice())
             })
             .collect()
     }
