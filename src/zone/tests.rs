@@ -1104,14 +1104,22 @@ fn index_keys_are_lower_case_wire_labels_that_give_the_name_back() {
 
 /// Every name of the index with its records (owner by owner), for comparing whole zones.
 fn index_contents(zone: &Zone) -> BTreeMap<String, Vec<String>> {
-    zone.index
+    let mut names: BTreeMap<String, Vec<String>> = zone
+        .index
         .iter()
         .map(|node| {
             let mut records: Vec<String> = node.records().map(|r| format!("{r:?}")).collect();
             records.sort();
+            records.push(format!("{} children", node.children));
             (node.key().to_name().to_string(), records)
         })
-        .collect()
+        .collect();
+    for ent in zone.ents.iter() {
+        let name = ent.key().to_name().to_string();
+        let entry = vec![format!("empty non-terminal, {} children", ent.value())];
+        assert!(names.insert(name, entry).is_none(), "in both maps");
+    }
+    names
 }
 
 #[test]
@@ -1185,6 +1193,10 @@ fn what_a_change_takes_away_leaves_the_index_whether_applied_alone_or_in_a_batch
     batched.expire_endpoints(after_grace);
     let expected = index_contents(&fresh);
     assert!(expected.contains_key("_https._udp.web.ns.svc.cluster.local."));
+    assert_eq!(
+        expected["_udp.web.ns.svc.cluster.local."],
+        ["empty non-terminal, 1 children"]
+    );
     assert!(expected.contains_key("c.other.ns.svc.cluster.local."));
     assert!(!expected.contains_key("_http._tcp.web.ns.svc.cluster.local."));
     assert!(!expected.contains_key("1.0.0.10.in-addr.arpa."));
@@ -1197,5 +1209,71 @@ fn what_a_change_takes_away_leaves_the_index_whether_applied_alone_or_in_a_batch
     assert_eq!(
         batched.metrics.zone_records.get(),
         fresh.metrics.zone_records.get()
+    );
+}
+
+#[test]
+fn empty_non_terminals_exist_while_they_have_children_and_turn_into_names_and_back() {
+    let zone = zone(PodMode::Disabled);
+    let names_before = zone.name_count();
+    let a = |ip: &str| -> Box<[StoredRecord]> {
+        Box::new([StoredRecord::new(
+            5,
+            RData::A(hickory_proto::rr::rdata::A(ip.parse().unwrap())),
+        )])
+    };
+    let leaf = n("a.b.x.ns.svc.cluster.local.");
+    let middle = n("x.ns.svc.cluster.local.");
+    let nodata = (NOERROR, vec![], vec![RecordType::SOA]);
+    let nxdomain = (NXDOMAIN, vec![], vec![RecordType::SOA]);
+
+    zone.put(&leaf, 7, a("10.0.0.1"));
+    assert_eq!(zone.ents.len(), 3, "b.x, x and ns above the leaf");
+    assert_eq!(
+        ask(&zone, "b.x.ns.svc.cluster.local.", RecordType::A),
+        nodata
+    );
+    assert_eq!(ask(&zone, "x.ns.svc.cluster.local.", RecordType::A), nodata);
+    assert_eq!(
+        ask(&zone, "c.x.ns.svc.cluster.local.", RecordType::A),
+        nxdomain
+    );
+
+    // An empty non-terminal that gets records moves into the index with its children.
+    zone.put(&middle, 8, a("10.0.0.2"));
+    assert!(!zone.ents.contains_key(&*NameKey::new(&middle).0));
+    assert_eq!(
+        zone.index
+            .get(&*NameKey::new(&middle).0)
+            .map(|n| n.children),
+        Some(1)
+    );
+    assert_eq!(
+        ask(&zone, "x.ns.svc.cluster.local.", RecordType::A),
+        (NOERROR, vec!["10.0.0.2".to_string()], vec![])
+    );
+    assert_eq!(
+        ask(&zone, "b.x.ns.svc.cluster.local.", RecordType::A),
+        nodata
+    );
+
+    // Losing them, it is an empty non-terminal again while the leaf is there.
+    zone.remove(&middle, 8);
+    assert_eq!(zone.ents.len(), 3);
+    assert_eq!(ask(&zone, "x.ns.svc.cluster.local.", RecordType::A), nodata);
+
+    // The last child gone, every empty non-terminal above it goes too.
+    zone.remove(&leaf, 7);
+    assert!(zone.ents.is_empty());
+    assert_eq!(zone.name_count(), names_before);
+    assert_eq!(
+        ask(&zone, "x.ns.svc.cluster.local.", RecordType::A),
+        nxdomain
+    );
+    assert_eq!(ask(&zone, "ns.svc.cluster.local.", RecordType::A), nxdomain);
+    assert_eq!(
+        zone.metrics.zone_records.get(),
+        2,
+        "the static NS and TXT only"
     );
 }
