@@ -115,7 +115,7 @@ impl ClusterObject {
                 .resource_version
                 .as_deref()
                 .filter(|v| !v.is_empty())
-                .map(Into::into),
+                .map(ResourceVersion::new),
             file: meta
                 .self_link
                 .as_deref()
@@ -159,12 +159,45 @@ pub const MANIFEST_FILE_LINK: &str = "file://";
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ObjectOrigin {
     /// `metadata.resourceVersion`, if the object has one.
-    pub resource_version: Option<Box<str>>,
+    pub resource_version: Option<ResourceVersion>,
     /// The manifest file that defines it (manifest source only). Shared: the zone keeps one
     /// copy of each path however many objects the file defines.
     pub file: Option<std::sync::Arc<str>>,
     /// When the zone applied this version (seconds since the Unix epoch).
     pub changed: u64,
+}
+
+/// A `metadata.resourceVersion`. Opaque to clients, but on every API server there is the
+/// etcd revision, a number: kept as one, without an allocation of its own (a string each was
+/// 3 MB at 50,000 Services and as many EndpointSlices); anything else as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResourceVersion {
+    /// A decimal number, written without leading zeros.
+    Revision(u64),
+    /// Anything else, as written.
+    Text(Box<str>),
+}
+
+impl ResourceVersion {
+    /// `version` as kept.
+    pub fn new(version: &str) -> ResourceVersion {
+        match version.parse::<u64>() {
+            // Only where writing the number back gives the same text.
+            Ok(revision) if !version.starts_with(['0', '+']) || version == "0" => {
+                ResourceVersion::Revision(revision)
+            }
+            _ => ResourceVersion::Text(version.into()),
+        }
+    }
+}
+
+impl fmt::Display for ResourceVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResourceVersion::Revision(revision) => write!(f, "{revision}"),
+            ResourceVersion::Text(text) => f.write_str(text),
+        }
+    }
 }
 
 /// What a source tells the zone.
@@ -190,6 +223,29 @@ pub trait EventSink: Send + Sync {
     fn handle_batch(&self, events: Vec<SourceEvent>) {
         for event in events {
             self.handle(event);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ResourceVersion;
+
+    #[test]
+    fn a_resource_version_is_kept_as_a_number_only_when_it_reads_back_the_same() {
+        for (text, number) in [
+            ("0", 0),
+            ("123456", 123_456),
+            ("18446744073709551615", u64::MAX),
+        ] {
+            let kept = ResourceVersion::new(text);
+            assert_eq!(kept, ResourceVersion::Revision(number));
+            assert_eq!(kept.to_string(), text);
+        }
+        for text in ["007", "+5", "18446744073709551616", "abc", "12a", " 1"] {
+            let kept = ResourceVersion::new(text);
+            assert_eq!(kept, ResourceVersion::Text(text.into()), "{text}");
+            assert_eq!(kept.to_string(), text);
         }
     }
 }

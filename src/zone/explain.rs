@@ -52,7 +52,8 @@ impl Provenance {
             kind: kind.to_string(),
             namespace: namespace.map(str::to_string),
             name: Some(name.to_string()),
-            resource_version: origin.and_then(|o| o.resource_version.as_deref().map(Into::into)),
+            resource_version: origin
+                .and_then(|o| o.resource_version.as_ref().map(ToString::to_string)),
             file: origin.and_then(|o| o.file.as_deref().map(Into::into)),
             changed_unix: origin.map(|o| o.changed),
             note: None,
@@ -655,7 +656,7 @@ fn excluded_endpoints(
     for slice_name in entry.slices.iter() {
         let Some(slice) = state
             .slices
-            .get(&(namespace.to_string(), slice_name.clone()))
+            .get(&(namespace.to_string(), slice_name.to_string()))
         else {
             continue;
         };
@@ -717,7 +718,7 @@ fn service_record_source(
     for slice_name in entry.slices.iter() {
         let Some(slice) = state
             .slices
-            .get(&(namespace.to_string(), slice_name.clone()))
+            .get(&(namespace.to_string(), slice_name.to_string()))
         else {
             continue;
         };
@@ -845,7 +846,7 @@ mod tests {
     #[test]
     fn the_same_version_delivered_again_keeps_its_change_time() {
         let origin = |version: Option<&str>, changed| ObjectOrigin {
-            resource_version: version.map(Into::into),
+            resource_version: version.map(crate::source::ResourceVersion::new),
             file: None,
             changed,
         };
