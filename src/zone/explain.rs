@@ -287,7 +287,7 @@ impl Zone {
         let mut records = vec![self.soa()];
         for node in self.index.iter() {
             let name = node.key().to_name();
-            records.extend(node.records().map(|r| r.to_record(&name)));
+            records.extend(node.records().map(|r| r.to_record(&name, self.config.ttl)));
         }
         let mut keyed: Vec<(Name, u16, String, Record)> = records
             .into_iter()

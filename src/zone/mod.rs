@@ -340,17 +340,16 @@ impl Zone {
             soa_mname: soa_mname.clone(),
             soa_rname,
         };
-        let ttl = zone.config.ttl;
         zone.put(
             &origin,
             STATIC_OWNER,
-            Box::new([StoredRecord::new(ttl, RData::NS(NS(soa_mname)))]),
+            Box::new([StoredRecord::new(RData::NS(NS(soa_mname)))]),
         );
         let version = child("dns-version");
         zone.put(
             &version,
             STATIC_OWNER,
-            Box::new([StoredRecord::new(
+            Box::new([StoredRecord::with_ttl(
                 DNS_VERSION_TTL,
                 RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_string()])),
             )]),
@@ -428,7 +427,7 @@ impl Zone {
                     let cname = node
                         .records()
                         .find(|r| r.record_type() == RecordType::CNAME)
-                        .map(|r| r.to_record(qname));
+                        .map(|r| r.to_record(qname, self.config.ttl));
                     drop(node);
                     answer.answers.extend(cname);
                     return self.follow_cname(target, qtype, answer);
@@ -469,7 +468,7 @@ impl Zone {
         let start = out.len();
         for record in node.records() {
             if qtype == RecordType::ANY || record.record_type() == qtype {
-                out.push(record.to_record(qname));
+                out.push(record.to_record(qname, self.config.ttl));
             }
         }
         let added = out.len() - start;
@@ -521,7 +520,9 @@ impl Zone {
                 .records()
                 .find(|r| r.record_type() == RecordType::CNAME)
             {
-                answer.answers.push(cname.to_record(&node.key().to_name()));
+                answer
+                    .answers
+                    .push(cname.to_record(&node.key().to_name(), self.config.ttl));
             }
             target = next;
         }
@@ -541,7 +542,7 @@ impl Zone {
                 answer.additionals.extend(
                     node.records()
                         .filter(|r| matches!(r.record_type(), RecordType::A | RecordType::AAAA))
-                        .map(|r| r.to_record(&owner)),
+                        .map(|r| r.to_record(&owner, self.config.ttl)),
                 );
             }
         }
@@ -1134,9 +1135,7 @@ impl Zone {
             &entry.info,
             records::service_name(&service_id.1, &service_id.0, &self.config.origin),
         ) {
-            (Some(info), Some(name)) => {
-                records::service_records(info, slices, &name, self.config.ttl)
-            }
+            (Some(info), Some(name)) => records::service_records(info, slices, &name),
             _ => RecordsByName::new(),
         }
     }

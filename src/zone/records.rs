@@ -396,23 +396,32 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
     PodInfo { ips }
 }
 
-/// One record as the zone keeps it: its TTL and data. The owner name is the name it is
-/// filed under; a hickory [`Record`] carries a copy of its own (272 bytes a record plus the
-/// name's heap: ~90 MB of the 290,000 records of a 50,000-Service cluster).
+/// One record as the zone keeps it: its data. The owner name is the name it is filed under
+/// (a hickory [`Record`] carries a copy of its own: 272 bytes a record plus the name's heap,
+/// ~90 MB of the 290,000 records of a 50,000-Service cluster), and the TTL is the zone's,
+/// given when the record is read (8 bytes less for each of them), but for the few static
+/// records that have one of their own ([`StoredRecord::with_ttl`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredRecord {
-    /// Its TTL.
-    pub ttl: u32,
     /// Its data.
     pub data: StoredData,
 }
 
 impl StoredRecord {
-    /// A record of `data`, kept compact.
-    pub fn new(ttl: u32, data: RData) -> StoredRecord {
+    /// A record of `data` with the zone's TTL, kept compact.
+    pub fn new(data: RData) -> StoredRecord {
         StoredRecord {
-            ttl,
             data: StoredData::from(data),
+        }
+    }
+
+    /// A record with a TTL of its own (`dns-version`, as CoreDNS serves it).
+    pub fn with_ttl(ttl: u32, data: RData) -> StoredRecord {
+        StoredRecord {
+            data: StoredData::Other(Box::new(OtherRecord {
+                ttl: Some(ttl),
+                data,
+            })),
         }
     }
 
@@ -424,7 +433,7 @@ impl StoredRecord {
             StoredData::Ptr(_) => RecordType::PTR,
             StoredData::Cname(_) => RecordType::CNAME,
             StoredData::Srv { .. } => RecordType::SRV,
-            StoredData::Other(data) => data.record_type(),
+            StoredData::Other(other) => other.data.record_type(),
         }
     }
 
@@ -441,13 +450,18 @@ impl StoredRecord {
                 port,
                 target,
             } => RData::SRV(SRV::new(*priority, *weight, *port, target.to_name())),
-            StoredData::Other(data) => (**data).clone(),
+            StoredData::Other(other) => other.data.clone(),
         }
     }
 
-    /// The record with `name` as its owner name (the spelling an answer echoes).
-    pub fn to_record(&self, name: &Name) -> Record {
-        Record::from_rdata(name.clone(), self.ttl, self.rdata())
+    /// The record with `name` as its owner name (the spelling an answer echoes), in a zone
+    /// whose TTL is `zone_ttl`.
+    pub fn to_record(&self, name: &Name, zone_ttl: u32) -> Record {
+        let ttl = match &self.data {
+            StoredData::Other(other) => other.ttl.unwrap_or(zone_ttl),
+            _ => zone_ttl,
+        };
+        Record::from_rdata(name.clone(), ttl, self.rdata())
     }
 }
 
@@ -476,8 +490,17 @@ pub enum StoredData {
         /// Target.
         target: WireName,
     },
-    /// Any other type.
-    Other(Box<RData>),
+    /// Any other type (the static records: the apex NS, the schema TXT).
+    Other(Box<OtherRecord>),
+}
+
+/// A record of a type the zone holds only a few of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtherRecord {
+    /// Its own TTL; `None`: the zone's.
+    pub ttl: Option<u32>,
+    /// Its data.
+    pub data: RData,
 }
 
 impl From<RData> for StoredData {
@@ -493,7 +516,7 @@ impl From<RData> for StoredData {
                 port: srv.port,
                 target: WireName::new(&srv.target),
             },
-            other => StoredData::Other(Box::new(other)),
+            data => StoredData::Other(Box::new(OtherRecord { ttl: None, data })),
         }
     }
 }
@@ -587,7 +610,6 @@ pub fn srv_weight(records_in_set: usize) -> u16 {
 
 /// Collects records per name, de-duplicated, and builds SRV sets with their weights at the end.
 struct Builder {
-    ttl: u32,
     records: BTreeMap<Name, RecordSet>,
     srv: BTreeMap<Name, BTreeSet<(u16, Name)>>,
 }
@@ -602,9 +624,8 @@ struct RecordSet {
 }
 
 impl Builder {
-    fn new(ttl: u32) -> Builder {
+    fn new() -> Builder {
         Builder {
-            ttl,
             records: BTreeMap::new(),
             srv: BTreeMap::new(),
         }
@@ -645,18 +666,13 @@ impl Builder {
                 self.add(&name, RData::SRV(SRV::new(0, weight, port, target)));
             }
         }
-        let ttl = self.ttl;
         self.records
             .into_iter()
             .map(|(name, set)| {
                 // Into a new allocation of the exact size: collected from the `Vec<RData>`,
                 // the records would reuse its allocation, six times their size.
                 let mut records = Vec::with_capacity(set.data.len());
-                records.extend(
-                    set.data
-                        .into_iter()
-                        .map(|data| StoredRecord::new(ttl, data)),
-                );
+                records.extend(set.data.into_iter().map(StoredRecord::new));
                 (name, records.into_boxed_slice())
             })
             .collect()
@@ -675,9 +691,8 @@ pub fn service_records<'a>(
     info: &ServiceInfo,
     slices: impl IntoIterator<Item = &'a SliceInfo>,
     service_name: &Name,
-    ttl: u32,
 ) -> RecordsByName {
-    let mut b = Builder::new(ttl);
+    let mut b = Builder::new();
     match &info.shape {
         ServiceShape::Unaddressed => {}
         ServiceShape::ExternalName(target) => {

@@ -1073,11 +1073,13 @@ fn stored_records_give_back_the_record_they_were_made_of() {
         (RData::TXT(TXT::new(vec!["1.1.0".into()])), RecordType::TXT),
     ];
     for (data, rtype) in cases {
-        let stored = StoredRecord::new(7, data.clone());
+        let stored = StoredRecord::new(data.clone());
         assert_eq!(stored.record_type(), rtype);
-        let record = stored.to_record(&owner);
+        let record = stored.to_record(&owner, 7);
         assert_eq!(record.data, data, "{rtype}");
-        assert_eq!(record.ttl, 7);
+        assert_eq!(record.ttl, 7, "the zone's TTL");
+        let own = StoredRecord::with_ttl(28800, data.clone()).to_record(&owner, 7);
+        assert_eq!((own.data, own.ttl), (data, 28800), "a TTL of its own");
         // The spelling asked for, not a stored one.
         assert_eq!(record.name.to_ascii(), "Web.Default.svc.cluster.local.");
     }
@@ -1217,10 +1219,9 @@ fn empty_non_terminals_exist_while_they_have_children_and_turn_into_names_and_ba
     let zone = zone(PodMode::Disabled);
     let names_before = zone.name_count();
     let a = |ip: &str| -> Box<[StoredRecord]> {
-        Box::new([StoredRecord::new(
-            5,
-            RData::A(hickory_proto::rr::rdata::A(ip.parse().unwrap())),
-        )])
+        Box::new([StoredRecord::new(RData::A(hickory_proto::rr::rdata::A(
+            ip.parse().unwrap(),
+        )))])
     };
     let leaf = n("a.b.x.ns.svc.cluster.local.");
     let middle = n("x.ns.svc.cluster.local.");
