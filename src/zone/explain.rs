@@ -13,7 +13,7 @@
 
 use super::name::dashed_ip;
 use super::records::{Exclusion, ServiceShape, endpoint_exclusion};
-use super::{Lookup, NameKey, OwnerId, STATIC_OWNER, ServiceEntry, WriterState, Zone};
+use super::{Lookup, NameKey, ObjectId, OwnerId, STATIC_OWNER, ServiceEntry, WriterState, Zone};
 use crate::config::PodMode;
 use crate::source::ObjectOrigin;
 use hickory_proto::op::ResponseCode;
@@ -228,7 +228,7 @@ impl Zone {
         };
         // Owner id -> Service, filled as records need it: one walk of the Services per owner
         // (a headless answer has many records and one owner).
-        let mut owners: HashMap<OwnerId, Option<(String, String)>> = HashMap::new();
+        let mut owners: HashMap<OwnerId, Option<ObjectId>> = HashMap::new();
         let (rcode, empty, external) = match &out.lookup {
             Lookup::Answer(answer) => {
                 out.answer_sources = answer
@@ -351,7 +351,7 @@ impl Zone {
         &self,
         state: &WriterState,
         record: &Record,
-        owners: &mut HashMap<OwnerId, Option<(String, String)>>,
+        owners: &mut HashMap<OwnerId, Option<ObjectId>>,
     ) -> Option<Provenance> {
         if record.record_type() == RecordType::SOA {
             return Some(Provenance::zone("the zone's SOA"));
@@ -383,7 +383,13 @@ impl Zone {
         if let Some(id) = service_id
             && let Some(entry) = state.services.get(id)
         {
-            return Some(service_record_source(state, &id.0, &id.1, entry, record));
+            return Some(service_record_source(
+                state,
+                &id.namespace,
+                &id.name,
+                entry,
+                record,
+            ));
         }
         state
             .namespaces
@@ -464,7 +470,7 @@ impl Zone {
                 if let [service, namespace] = labels
                     && state
                         .services
-                        .get(&(namespace.clone(), service.clone()))
+                        .get(&ObjectId::lookup(namespace, service))
                         .is_some_and(|e| e.info.is_some())
                 {
                     message.push_str(&format!(
@@ -508,15 +514,15 @@ impl Zone {
         let Some((service, below)) = below.split_last() else {
             return;
         };
-        let id = (namespace.clone(), service.clone());
+        let id = ObjectId::lookup(namespace, service);
         let entry = state.services.get(&id);
         let Some((entry, info)) = entry.and_then(|e| Some((e, e.info.as_ref()?))) else {
             if nxdomain {
                 let in_namespace = state
                     .services
                     .iter()
-                    .filter(|((ns, _), e)| ns == namespace && e.info.is_some())
-                    .map(|((_, name), _)| name.as_str());
+                    .filter(|(id, e)| *id.namespace == **namespace && e.info.is_some())
+                    .map(|(id, _)| &*id.name);
                 out.failed = Some(FailedLabel {
                     label: service.clone(),
                     expected: "service".into(),
@@ -654,10 +660,7 @@ fn excluded_endpoints(
     };
     let mut out = Vec::new();
     for slice_name in entry.slices.iter() {
-        let Some(slice) = state
-            .slices
-            .get(&(namespace.to_string(), slice_name.to_string()))
-        else {
+        let Some(slice) = state.slices.get(&ObjectId::lookup(namespace, slice_name)) else {
             continue;
         };
         let slice_id = format!("{namespace}/{slice_name}");
@@ -716,10 +719,7 @@ fn service_record_source(
         _ => (None, None),
     };
     for slice_name in entry.slices.iter() {
-        let Some(slice) = state
-            .slices
-            .get(&(namespace.to_string(), slice_name.to_string()))
-        else {
+        let Some(slice) = state.slices.get(&ObjectId::lookup(namespace, slice_name)) else {
             continue;
         };
         let endpoint = slice.info.endpoints.iter().find(|e| {

@@ -1278,3 +1278,34 @@ fn empty_non_terminals_exist_while_they_have_children_and_turn_into_names_and_ba
         "the static NS and TXT only"
     );
 }
+
+#[test]
+fn object_ids_share_their_namespace_and_unused_namespace_names_are_swept() {
+    let zone = zone(PodMode::Disabled);
+    zone.apply_batch([
+        service("team-a", "one", json!({"clusterIP": "10.0.0.1"})),
+        service("team-a", "two", json!({"clusterIP": "10.0.0.2"})),
+        slice("team-a", "one-x", "one", endpoints(&[("10.1.0.1", "h")])),
+    ]);
+    let mut state = zone.lock();
+    let namespaces: Vec<Arc<str>> = state
+        .services
+        .keys()
+        .chain(state.slices.keys())
+        .map(|id| id.namespace.clone())
+        .collect();
+    assert_eq!(namespaces.len(), 3);
+    assert!(namespaces.iter().all(|ns| Arc::ptr_eq(ns, &namespaces[0])));
+    drop(namespaces);
+    // Ids made and dropped (objects of namespaces that are gone) leave no name behind for
+    // long: the set is swept whenever it doubles.
+    for n in 0..1000 {
+        state.object_id(&format!("gone-{n}"), "x");
+    }
+    assert!(
+        state.namespace_names.len() <= 130,
+        "{}",
+        state.namespace_names.len()
+    );
+    assert!(state.namespace_names.contains("team-a"), "still in use");
+}
