@@ -189,7 +189,9 @@ const LIST_BATCH: usize = 500;
 
 struct Entry {
     list: u64,
-    json: Option<Box<str>>,
+    /// The object as the snapshot keeps it (with a snapshot configured only): behind one
+    /// more pointer so that an entry is 16 bytes, not 24, when there is none.
+    json: Option<Box<Box<str>>>,
 }
 
 impl Keys {
@@ -633,7 +635,11 @@ impl Watch {
     fn remember(&self, keys: &mut Keys, object: &ClusterObject) {
         let shared = self.shared.as_ref();
         if let Some(key) = object.key() {
-            let json = shared.keep_objects.then(|| encode(object)).flatten();
+            let json = shared
+                .keep_objects
+                .then(|| encode(object))
+                .flatten()
+                .map(Box::new);
             let key = KeptKey::new(&key);
             if shared.keep_objects && keys.keys.get(&key).is_none_or(|old| old.json != json) {
                 shared.dirty.store(true, Ordering::Release);
@@ -731,7 +737,11 @@ async fn serve_snapshot(
         if keys.listed || keys.keys.contains_key(&key) {
             continue;
         }
-        let json = shared.keep_objects.then(|| encode(&object)).flatten();
+        let json = shared
+            .keep_objects
+            .then(|| encode(&object))
+            .flatten()
+            .map(Box::new);
         keys.keys.insert(key, Entry { list: 0, json });
         shared.sink.handle(SourceEvent::Apply(object));
         served += 1;

@@ -174,9 +174,12 @@ pub struct ObjectOrigin {
 pub enum ResourceVersion {
     /// A decimal number, written without leading zeros.
     Revision(u64),
-    /// Anything else, as written.
-    Text(Box<str>),
+    /// Anything else, as written (behind one more pointer, so that the common case stays
+    /// 16 bytes).
+    Text(Box<Box<str>>),
 }
+
+const _: () = assert!(std::mem::size_of::<ResourceVersion>() == 16);
 
 impl ResourceVersion {
     /// `version` as kept.
@@ -186,7 +189,7 @@ impl ResourceVersion {
             Ok(revision) if !version.starts_with(['0', '+']) || version == "0" => {
                 ResourceVersion::Revision(revision)
             }
-            _ => ResourceVersion::Text(version.into()),
+            _ => ResourceVersion::Text(Box::new(version.into())),
         }
     }
 }
@@ -244,7 +247,7 @@ mod tests {
         }
         for text in ["007", "+5", "18446744073709551616", "abc", "12a", " 1"] {
             let kept = ResourceVersion::new(text);
-            assert_eq!(kept, ResourceVersion::Text(text.into()), "{text}");
+            assert_eq!(kept, ResourceVersion::Text(Box::new(text.into())), "{text}");
             assert_eq!(kept.to_string(), text);
         }
     }

@@ -192,6 +192,32 @@ impl SliceNames {
     }
 }
 
+/// Endpoints in their grace, each with when it ends and the ports of the slice they left.
+/// Almost always none: one pointer, not the 24 bytes of an empty `Vec` per Service.
+#[derive(Debug, Default)]
+#[allow(clippy::box_collection)] // the Box is the point: 8 bytes when empty
+struct Lingering(Option<Box<Vec<(Instant, SliceInfo)>>>);
+
+impl Lingering {
+    fn push(&mut self, until: Instant, endpoints: SliceInfo) {
+        self.0.get_or_insert_default().push((until, endpoints));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(Instant, SliceInfo)> + Clone {
+        self.0.iter().flat_map(|v| v.iter())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl From<Vec<(Instant, SliceInfo)>> for Lingering {
+    fn from(lingering: Vec<(Instant, SliceInfo)>) -> Lingering {
+        Lingering((!lingering.is_empty()).then(|| Box::new(lingering)))
+    }
+}
+
 #[derive(Debug)]
 struct ServiceEntry {
     owner: OwnerId,
@@ -199,7 +225,7 @@ struct ServiceEntry {
     slices: SliceNames,
     /// Endpoints that left this Service's slices and are still published until their grace
     /// ends (each with the ports of the slice they left).
-    lingering: Vec<(Instant, SliceInfo)>,
+    lingering: Lingering,
     /// Where the Service object came from (for explanations).
     origin: Option<ObjectOrigin>,
 }
@@ -211,7 +237,7 @@ impl ServiceEntry {
             origin: None,
             info: None,
             slices: SliceNames::default(),
-            lingering: Vec::new(),
+            lingering: Lingering::default(),
         }
     }
 }
@@ -1023,7 +1049,7 @@ impl Zone {
                     .is_some_and(|i| i.shape == records::ServiceShape::Headless)
             {
                 let until = now + ENDPOINT_GRACE;
-                entry.lingering.push((
+                entry.lingering.push(
                     until,
                     SliceInfo {
                         service: old.service.clone(),
@@ -1032,7 +1058,7 @@ impl Zone {
                         excluded: Box::default(),
                         trigger_time: None,
                     },
-                ));
+                );
                 if state.expiries.is_empty() {
                     self.expiry_added.notify_one();
                 }
@@ -1288,7 +1314,7 @@ impl Zone {
         if remove_entry {
             state.services.remove(service_id);
         } else if let Some(entry) = state.services.get_mut(service_id) {
-            entry.lingering = lingering;
+            entry.lingering = lingering.into();
         }
     }
 
