@@ -710,10 +710,11 @@ impl Zone {
         let mut created = false;
         let mut was_ent = false;
         {
-            let key = NameKey::new(name);
-            let mut node = self.index.entry(key.clone()).or_insert_with(|| {
+            let mut buffer = [0; 255];
+            let key = key_bytes(name, &mut buffer);
+            let mut node = self.index.entry(NameKey::new(name)).or_insert_with(|| {
                 created = true;
-                let children = self.ents.get(&key).map(|n| *n);
+                let children = self.ents.get(key).map(|n| *n);
                 was_ent = children.is_some();
                 Node {
                     owners: SmallVec::new(),
@@ -731,7 +732,7 @@ impl Zone {
             self.metrics.zone_records.add(added - replaced);
             if was_ent {
                 // In the index now: readers find it there first.
-                self.ents.remove(&key);
+                self.ents.remove(key);
             }
         }
         if created && !was_ent {
