@@ -150,16 +150,15 @@ struct UnitState {
 /// State shared by the watches of one source.
 struct Shared {
     units: Mutex<Vec<UnitState>>,
-    /// Per watch, the keys it delivered (its own lock: watches do not wait on each other).
-    keys: Vec<Mutex<Keys>>,
+    /// Per watch, what it knows of its lists (its own lock: watches do not wait on each
+    /// other).
+    watches: Vec<Mutex<WatchState>>,
     sink: Arc<dyn EventSink>,
     metrics: Arc<Metrics>,
     /// `InitialSyncDone` was sent (after the real lists, or with the snapshot).
     initial_sync_sent: AtomicBool,
     /// Every watch has listed at least once.
     all_listed: AtomicBool,
-    /// Keep serialized objects for the snapshot.
-    keep_objects: bool,
     /// The objects changed since the last snapshot write.
     dirty: AtomicBool,
     /// A watch failed before the first complete sync: time to look at the snapshot.
@@ -168,15 +167,31 @@ struct Shared {
     snapshot_tried: AtomicBool,
 }
 
-/// The keys one watch delivered, each with the number of the list that last saw it (0: the
-/// snapshot) and, when a snapshot is kept, the object trimmed and serialized.
-struct Keys {
-    /// The kind this watch delivers (every key below is of it).
+/// What one watch knows of its lists. Not a key per object: the sink holds every object
+/// already, and a list that must find out what disappeared asks it
+/// ([`EventSink::delete_unlisted`]); only the list in progress keeps the keys it delivered,
+/// and only when the sink may hold older objects of this watch. (Two maps of 50,000 keys,
+/// one per watch of Services and EndpointSlices, were 8 MB of a 120 MB server.)
+struct WatchState {
+    /// The kind this watch delivers.
     kind: ObjectKind,
+    /// The namespace it watches (`None`: all of them).
+    namespace: Option<String>,
+    /// The number of the list in progress, or of the last one (0: the snapshot).
     list: u64,
     /// A list completed at least once.
     listed: bool,
-    keys: HashMap<KeptKey, Entry>,
+    /// The sink may hold objects of this watch (it or the snapshot delivered some), so a
+    /// list must find out which of them are gone.
+    delivered: bool,
+    /// Objects the list in progress delivered so far.
+    objects: usize,
+    /// The keys the list in progress delivered, when it must find out what is gone and
+    /// `kept` does not say.
+    seen: Option<HashSet<KeptKey>>,
+    /// With a snapshot configured: the objects it is written from, by key, each with the
+    /// number of the list that last saw it.
+    kept: Option<HashMap<KeptKey, Entry>>,
     /// Objects of the list in progress not yet handed to the sink: a list is applied in
     /// batches of [`LIST_BATCH`] (`EventSink::handle_batch`), so a Service whose many
     /// EndpointSlices arrive together is rebuilt once per batch, not once per slice.
@@ -194,21 +209,48 @@ struct Entry {
     json: Option<Box<Box<str>>>,
 }
 
-impl Keys {
-    fn new(kind: ObjectKind) -> Keys {
-        Keys {
+impl WatchState {
+    fn new(kind: ObjectKind, namespace: Option<String>, keep_objects: bool) -> WatchState {
+        WatchState {
             kind,
+            namespace,
             list: 0,
             listed: false,
-            keys: HashMap::new(),
+            delivered: false,
+            objects: 0,
+            seen: None,
+            kept: keep_objects.then(HashMap::new),
             batch: Vec::new(),
         }
+    }
+
+    /// A list starts.
+    fn start_list(&mut self) {
+        self.list += 1;
+        self.objects = 0;
+        // The first list of a watch that delivered nothing yet has nothing to find gone.
+        self.seen = (self.delivered && self.kept.is_none()).then(HashSet::new);
+    }
+
+    /// Whether the list in progress delivered `namespace/name`.
+    fn listed_now(&self, namespace: &str, name: &str) -> bool {
+        let key = format!("{namespace}/{name}");
+        match (&self.kept, &self.seen) {
+            (Some(kept), _) => kept.get(key.as_str()).is_some_and(|e| e.list == self.list),
+            (None, Some(seen)) => seen.contains(key.as_str()),
+            (None, None) => true,
+        }
+    }
+
+    /// Whether the list in progress must ask the sink what is gone at its end.
+    fn finds_gone(&self) -> bool {
+        self.kept.is_some() || self.seen.is_some()
     }
 }
 
 /// An object's key as a watch keeps it: `namespace/name` in one allocation (the kind is the
-/// watch's). An [`ObjectKey`] is 56 bytes and two allocations; at 50,000 Services and as many
-/// EndpointSlices the two watches' maps were 17 MB. Kubernetes names never contain a `/`.
+/// watch's). An [`ObjectKey`] is 56 bytes and two allocations. Kubernetes names never
+/// contain a `/`.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct KeptKey(Box<str>);
 
@@ -216,14 +258,11 @@ impl KeptKey {
     fn new(key: &ObjectKey) -> KeptKey {
         KeptKey(format!("{}/{}", key.namespace, key.name).into())
     }
+}
 
-    fn to_key(&self, kind: ObjectKind) -> ObjectKey {
-        let (namespace, name) = self.0.split_once('/').unwrap_or(("", &self.0));
-        ObjectKey {
-            kind,
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        }
+impl std::borrow::Borrow<str> for KeptKey {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 
@@ -390,12 +429,14 @@ impl KubernetesSource {
     pub async fn run(self, sink: Arc<dyn EventSink>, cancel: CancellationToken) {
         let units = self.units();
         let shared = Arc::new(Shared {
-            keys: units
+            watches: units
                 .iter()
-                .map(|u| Mutex::new(Keys::new(u.kind)))
+                .map(|u| {
+                    let keep_objects = self.options.snapshot.is_some();
+                    Mutex::new(WatchState::new(u.kind, u.namespace.clone(), keep_objects))
+                })
                 .collect(),
             all_listed: AtomicBool::new(false),
-            keep_objects: self.options.snapshot.is_some(),
             dirty: AtomicBool::new(false),
             wants_snapshot: tokio::sync::Notify::new(),
             snapshot_tried: AtomicBool::new(false),
@@ -564,15 +605,15 @@ impl Watch {
     fn handle<K>(&self, event: Event<K>, wrap: fn(K) -> ClusterObject) {
         let shared = self.shared.as_ref();
         let sink = shared.sink.as_ref();
-        let Some(keys) = shared.keys.get(self.id) else {
+        let Some(state) = shared.watches.get(self.id) else {
             return;
         };
-        let mut keys = lock(keys);
+        let mut state = lock(state);
         match event {
             Event::Init => {
                 // A list cut short (the stream failed mid-list) still delivers what it saw.
-                sink.handle_batch(std::mem::take(&mut keys.batch));
-                keys.list += 1;
+                sink.handle_batch(std::mem::take(&mut state.batch));
+                state.start_list();
                 debug!(watch = %self.what, "listing");
             }
             Event::InitApply(object) => {
@@ -580,10 +621,10 @@ impl Watch {
                 if !self.allows(&object) {
                     return;
                 }
-                self.remember(&mut keys, &object);
-                keys.batch.push(SourceEvent::Apply(object));
-                if keys.batch.len() >= LIST_BATCH {
-                    sink.handle_batch(std::mem::take(&mut keys.batch));
+                self.remember(&mut state, &object);
+                state.batch.push(SourceEvent::Apply(object));
+                if state.batch.len() >= LIST_BATCH {
+                    sink.handle_batch(std::mem::take(&mut state.batch));
                 }
             }
             Event::Apply(object) => {
@@ -591,61 +632,70 @@ impl Watch {
                 if !self.allows(&object) {
                     return;
                 }
-                self.remember(&mut keys, &object);
+                self.remember(&mut state, &object);
                 // An object without a name is counted and skipped by the zone.
                 sink.handle(SourceEvent::Apply(object));
             }
             Event::Delete(object) => {
-                let Some(key) = wrap(object).key() else {
+                let object = wrap(object);
+                if !self.allows(&object) {
+                    return;
+                }
+                let Some(key) = object.key() else {
                     return;
                 };
-                if keys.keys.remove(&KeptKey::new(&key)).is_some() {
+                if let Some(kept) = &mut state.kept
+                    && kept.remove(&KeptKey::new(&key)).is_some()
+                {
                     shared.dirty.store(true, Ordering::Release);
-                    sink.handle(SourceEvent::Delete(key));
                 }
+                // The sink ignores an object it does not hold.
+                sink.handle(SourceEvent::Delete(key));
             }
             Event::InitDone => {
-                sink.handle_batch(std::mem::take(&mut keys.batch));
-                let current = keys.list;
-                let kind = keys.kind;
-                let mut deleted = 0usize;
-                keys.keys.retain(|key, entry| {
-                    if entry.list == current {
-                        return true;
-                    }
-                    sink.handle(SourceEvent::Delete(key.to_key(kind)));
-                    deleted += 1;
-                    false
-                });
-                let len = keys.keys.len();
-                keys.keys.shrink_to(len.saturating_mul(2));
-                keys.listed = true;
-                drop(keys);
+                sink.handle_batch(std::mem::take(&mut state.batch));
+                let deleted = if state.finds_gone() {
+                    let listed = |namespace: &str, name: &str| state.listed_now(namespace, name);
+                    sink.delete_unlisted(state.kind, state.namespace.as_deref(), &listed)
+                } else {
+                    0
+                };
+                state.seen = None;
+                let current = state.list;
+                if let Some(kept) = &mut state.kept {
+                    kept.retain(|_, entry| entry.list == current);
+                    kept.shrink_to(kept.len().saturating_mul(2));
+                }
+                state.listed = true;
+                let objects = state.objects;
+                drop(state);
                 if deleted > 0 {
                     shared.dirty.store(true, Ordering::Release);
                 }
-                debug!(watch = %self.what, objects = len, deleted, "list complete");
+                debug!(watch = %self.what, objects, deleted, "list complete");
                 shared.listed(self.id, &self.what);
             }
         }
     }
 
-    /// Records that the list in progress saw `object` (and whether the snapshot must be
-    /// rewritten for it).
-    fn remember(&self, keys: &mut Keys, object: &ClusterObject) {
-        let shared = self.shared.as_ref();
-        if let Some(key) = object.key() {
-            let json = shared
-                .keep_objects
-                .then(|| encode(object))
-                .flatten()
-                .map(Box::new);
-            let key = KeptKey::new(&key);
-            if shared.keep_objects && keys.keys.get(&key).is_none_or(|old| old.json != json) {
-                shared.dirty.store(true, Ordering::Release);
+    /// Records that this watch delivered `object` (and whether the snapshot must be rewritten
+    /// for it).
+    fn remember(&self, state: &mut WatchState, object: &ClusterObject) {
+        let Some(key) = object.key() else {
+            return;
+        };
+        state.delivered = true;
+        state.objects += 1;
+        let key = KeptKey::new(&key);
+        let list = state.list;
+        if let Some(kept) = &mut state.kept {
+            let json = encode(object).map(Box::new);
+            if kept.get(&key).is_none_or(|old| old.json != json) {
+                self.shared.dirty.store(true, Ordering::Release);
             }
-            let list = keys.list;
-            keys.keys.insert(key, Entry { list, json });
+            kept.insert(key, Entry { list, json });
+        } else if let Some(seen) = &mut state.seen {
+            seen.insert(key);
         }
     }
 
@@ -728,21 +778,24 @@ async fn serve_snapshot(
                 .get(&(key.kind, Some(key.namespace.clone())))
                 .or_else(|| index.get(&(key.kind, None)))
         };
-        let Some(keys) = unit.and_then(|id| shared.keys.get(*id)) else {
+        let Some(state) = unit.and_then(|id| shared.watches.get(*id)) else {
             continue;
         };
-        let mut keys = lock(keys);
+        let mut state = lock(state);
         // Real data wins: a watch that listed, or an object the current list already sent.
         let key = KeptKey::new(&key);
-        if keys.listed || keys.keys.contains_key(&key) {
+        if state.listed {
             continue;
         }
-        let json = shared
-            .keep_objects
-            .then(|| encode(&object))
-            .flatten()
-            .map(Box::new);
-        keys.keys.insert(key, Entry { list: 0, json });
+        let Some(kept) = &mut state.kept else {
+            continue;
+        };
+        if kept.contains_key(&key) {
+            continue;
+        }
+        let json = encode(&object).map(Box::new);
+        kept.insert(key, Entry { list: 0, json });
+        state.delivered = true;
         shared.sink.handle(SourceEvent::Apply(object));
         served += 1;
     }
@@ -789,9 +842,9 @@ async fn write_snapshots(
             continue;
         }
         let mut builder = snapshot::Builder::default();
-        for keys in &shared.keys {
-            let keys = lock(keys);
-            for entry in keys.keys.values() {
+        for state in &shared.watches {
+            let state = lock(state);
+            for entry in state.kept.iter().flat_map(|kept| kept.values()) {
                 if let Some(json) = &entry.json {
                     builder.push(json);
                 }
@@ -837,26 +890,56 @@ async fn write_snapshots(
 mod tests {
     use super::*;
 
-    /// Records what the source sends.
+    /// Records what the source sends, and holds the objects as a sink does (for
+    /// `delete_unlisted`).
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<String>>);
+    struct Recorder {
+        lines: Mutex<Vec<String>>,
+        held: Mutex<std::collections::BTreeSet<ObjectKey>>,
+    }
 
     impl EventSink for Recorder {
         fn handle(&self, event: SourceEvent) {
             let line = match event {
                 SourceEvent::Apply(o) => {
-                    format!("apply {}", o.key().map_or("?".into(), |k| k.to_string()))
+                    let key = o.key().expect("test objects have names");
+                    let line = format!("apply {key}");
+                    lock(&self.held).insert(key);
+                    line
                 }
-                SourceEvent::Delete(k) => format!("delete {k}"),
+                SourceEvent::Delete(k) => {
+                    let line = format!("delete {k}");
+                    if !lock(&self.held).remove(&k) {
+                        return; // a sink ignores what it does not hold
+                    }
+                    line
+                }
                 SourceEvent::InitialSyncDone => "synced".to_string(),
             };
-            lock(&self.0).push(line);
+            lock(&self.lines).push(line);
+        }
+
+        fn delete_unlisted(
+            &self,
+            kind: ObjectKind,
+            namespace: Option<&str>,
+            listed: &dyn Fn(&str, &str) -> bool,
+        ) -> usize {
+            let gone: Vec<ObjectKey> = lock(&self.held)
+                .iter()
+                .filter(|k| k.kind == kind && namespace.is_none_or(|ns| ns == k.namespace))
+                .filter(|k| !listed(&k.namespace, &k.name))
+                .cloned()
+                .collect();
+            let count = gone.len();
+            self.handle_batch(gone.into_iter().map(SourceEvent::Delete).collect());
+            count
         }
     }
 
     impl Recorder {
         fn take(&self) -> Vec<String> {
-            std::mem::take(&mut *lock(&self.0))
+            std::mem::take(&mut *lock(&self.lines))
         }
     }
 
@@ -874,15 +957,14 @@ mod tests {
                     })
                     .collect(),
             ),
-            keys: kinds
+            watches: kinds
                 .iter()
-                .map(|&kind| Mutex::new(Keys::new(kind)))
+                .map(|&kind| Mutex::new(WatchState::new(kind, None, keep_objects)))
                 .collect(),
             sink,
             metrics: Arc::new(Metrics::new()),
             initial_sync_sent: AtomicBool::new(false),
             all_listed: AtomicBool::new(false),
-            keep_objects,
             dirty: AtomicBool::new(false),
             wants_snapshot: tokio::sync::Notify::new(),
             snapshot_tried: AtomicBool::new(false),
@@ -931,9 +1013,11 @@ mod tests {
         let services = watch(0, &shared, None);
         let namespaces = watch(1, &shared, None);
 
+        let seen = |shared: &Shared| lock(&shared.watches[0]).seen.as_ref().map(HashSet::len);
         services.handle(Event::Init, as_service);
         services.handle(Event::InitApply(svc("a", "192.0.2.1")), as_service);
         services.handle(Event::InitApply(svc("b", "192.0.2.2")), as_service);
+        assert_eq!(seen(&shared), None, "a first list has nothing to find gone");
         services.handle(Event::InitDone, as_service);
         assert_eq!(sink.take(), ["apply Service ns/a", "apply Service ns/b"]);
         assert_eq!(shared.metrics.synced.get(), 0);
@@ -946,7 +1030,7 @@ mod tests {
         namespaces.handle(Event::InitDone, as_namespace);
         assert_eq!(sink.take(), ["synced"]);
 
-        // Live changes; a delete of an unknown object is not passed on.
+        // Live changes (the sink ignores the delete of an object it does not hold).
         services.handle(Event::Apply(svc("c", "192.0.2.3")), as_service);
         services.handle(Event::Delete(svc("zz", "192.0.2.9")), as_service);
         services.handle(Event::Delete(svc("a", "192.0.2.1")), as_service);
@@ -960,13 +1044,40 @@ mod tests {
             Vec::<String>::new(),
             "a list is handed over in batches"
         );
+        assert_eq!(seen(&shared), Some(1), "a relist notes what it delivered");
         services.handle(Event::InitDone, as_service);
         assert_eq!(sink.take(), ["apply Service ns/b", "delete Service ns/c"]);
-        let keys = lock(&shared.keys[0]);
-        assert_eq!(keys.keys.len(), 1);
-        assert!(
-            keys.keys.values().all(|e| e.json.is_none()),
-            "no objects kept"
+        // Between lists the watch keeps no key per object (the sink has them).
+        let state = lock(&shared.watches[0]);
+        assert!(state.seen.is_none() && state.kept.is_none());
+        drop(state);
+        // A relist in an empty cluster deletes everything; namespaces are left alone.
+        namespaces.handle(Event::Apply(ns("shop")), as_namespace);
+        services.handle(Event::Init, as_service);
+        services.handle(Event::InitDone, as_service);
+        assert_eq!(sink.take(), ["apply Namespace shop", "delete Service ns/b"]);
+    }
+
+    #[test]
+    fn a_relist_of_a_namespaced_watch_deletes_only_in_its_namespace() {
+        let sink = Arc::new(Recorder::default());
+        let shared = shared(&[ObjectKind::Service], sink.clone(), false);
+        lock(&shared.watches[0]).namespace = Some("ns".to_string());
+        let services = watch(0, &shared, None);
+        let mut other = svc("x", "192.0.2.9");
+        other.metadata.namespace = Some("other".to_string());
+        sink.handle(SourceEvent::Apply(as_service(other)));
+        services.handle(Event::Apply(svc("a", "192.0.2.1")), as_service);
+        services.handle(Event::Init, as_service);
+        services.handle(Event::InitDone, as_service);
+        assert_eq!(
+            sink.take(),
+            [
+                "apply Service other/x",
+                "apply Service ns/a",
+                "delete Service ns/a",
+                "synced"
+            ]
         );
     }
 
@@ -1061,8 +1172,18 @@ mod tests {
         services.handle(Event::Apply(svc("a", "192.0.2.2")), as_service);
         assert!(shared.dirty.swap(false, Ordering::AcqRel));
         services.handle(Event::Delete(svc("a", "192.0.2.2")), as_service);
+        assert!(shared.dirty.swap(false, Ordering::AcqRel));
+        let state = lock(&shared.watches[0]);
+        assert!(state.kept.as_ref().is_some_and(HashMap::is_empty));
+        drop(state);
+        // A relist that no longer sees an object deletes it from the sink and the snapshot.
+        services.handle(Event::Apply(svc("b", "192.0.2.3")), as_service);
+        shared.dirty.store(false, Ordering::Release);
+        services.handle(Event::Init, as_service);
+        services.handle(Event::InitDone, as_service);
         assert!(shared.dirty.load(Ordering::Acquire));
-        let keys = lock(&shared.keys[0]);
-        assert!(keys.keys.is_empty());
+        let state = lock(&shared.watches[0]);
+        assert!(state.kept.as_ref().is_some_and(HashMap::is_empty));
+        assert!(state.seen.is_none(), "the kept objects say what a list saw");
     }
 }

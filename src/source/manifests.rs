@@ -1232,6 +1232,14 @@ mod tests {
         fn handle(&self, event: SourceEvent) {
             self.0.lock().unwrap().push(event);
         }
+        fn delete_unlisted(
+            &self,
+            _: ObjectKind,
+            _: Option<&str>,
+            _: &dyn Fn(&str, &str) -> bool,
+        ) -> usize {
+            unreachable!("the manifest source tracks its files' objects itself")
+        }
     }
 
     impl Recorder {
@@ -2153,6 +2161,14 @@ metadata:
     impl EventSink for Batches {
         fn handle(&self, event: SourceEvent) {
             self.handle_batch(vec![event]);
+        }
+        fn delete_unlisted(
+            &self,
+            _: ObjectKind,
+            _: Option<&str>,
+            _: &dyn Fn(&str, &str) -> bool,
+        ) -> usize {
+            unreachable!("the manifest source tracks its files' objects itself")
         }
         fn handle_batch(&self, events: Vec<SourceEvent>) {
             let deletes = events

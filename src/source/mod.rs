@@ -228,6 +228,18 @@ pub trait EventSink: Send + Sync {
             self.handle(event);
         }
     }
+
+    /// Deletes every object of `kind` the sink holds (in `namespace` only, when given) for
+    /// which `listed(namespace, name)` is false, and returns how many went. A source that
+    /// lists again after a gap (the API's watch after a 410 or an outage) learns this way
+    /// what disappeared meanwhile, without keeping a key of its own for every object: the
+    /// sink holds them already. (A Namespace's own namespace is `""`.)
+    fn delete_unlisted(
+        &self,
+        kind: ObjectKind,
+        namespace: Option<&str>,
+        listed: &dyn Fn(&str, &str) -> bool,
+    ) -> usize;
 }
 
 #[cfg(test)]

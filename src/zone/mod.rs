@@ -1421,6 +1421,50 @@ impl Zone {
         }
     }
 
+    /// The keys of the objects of `kind` (in `namespace`, when given) that `listed` refuses
+    /// ([`EventSink::delete_unlisted`]).
+    fn unlisted(
+        &self,
+        kind: ObjectKind,
+        namespace: Option<&str>,
+        listed: &dyn Fn(&str, &str) -> bool,
+    ) -> Vec<ObjectKey> {
+        let state = self.lock();
+        let in_scope = |ns: &str| namespace.is_none_or(|wanted| wanted == ns);
+        let key = |namespace: &str, name: &str| ObjectKey {
+            kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        let from_ids = |ids: &mut dyn Iterator<Item = &ObjectId>| -> Vec<ObjectKey> {
+            ids.filter(|id| in_scope(&id.namespace) && !listed(&id.namespace, &id.name))
+                .map(|id| key(&id.namespace, &id.name))
+                .collect()
+        };
+        match kind {
+            ObjectKind::Service => from_ids(
+                &mut state
+                    .services
+                    .iter()
+                    .filter(|(_, entry)| entry.info.is_some())
+                    .map(|(id, _)| id),
+            ),
+            ObjectKind::EndpointSlice => from_ids(&mut state.slices.keys()),
+            ObjectKind::Pod => state
+                .pods
+                .keys()
+                .filter(|(ns, name)| in_scope(ns) && !listed(ns, name))
+                .map(|(ns, name)| key(ns, name))
+                .collect(),
+            ObjectKind::Namespace => state
+                .namespaces
+                .iter()
+                .filter(|(name, entry)| entry.explicit && !listed("", name))
+                .map(|(name, _)| key("", name))
+                .collect(),
+        }
+    }
+
     /// Number of names in the index (for tests and the scale benchmark).
     pub fn name_count(&self) -> usize {
         self.index.len() + self.ents.len()
@@ -1436,6 +1480,18 @@ impl EventSink for Zone {
         if !events.is_empty() {
             self.apply_batch(events);
         }
+    }
+
+    fn delete_unlisted(
+        &self,
+        kind: ObjectKind,
+        namespace: Option<&str>,
+        listed: &dyn Fn(&str, &str) -> bool,
+    ) -> usize {
+        let gone = self.unlisted(kind, namespace, listed);
+        let count = gone.len();
+        self.handle_batch(gone.into_iter().map(SourceEvent::Delete).collect());
+        count
     }
 }
 

@@ -1309,3 +1309,83 @@ fn object_ids_share_their_namespace_and_unused_namespace_names_are_swept() {
     );
     assert!(state.namespace_names.contains("team-a"), "still in use");
 }
+
+#[test]
+fn a_source_that_lists_again_deletes_through_the_zone_what_its_list_did_not_bring() {
+    let zone = zone(PodMode::Verified);
+    let namespace = |name: &str| {
+        SourceEvent::Apply(ClusterObject::Namespace(Box::new(
+            serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
+        )))
+    };
+    zone.apply_batch([
+        service("a", "kept", json!({"clusterIP": "10.0.0.1"})),
+        service("a", "gone", json!({"clusterIP": "10.0.0.2"})),
+        service("b", "other", json!({"clusterIP": "10.0.0.3"})),
+        // A slice whose Service is not there: the zone holds an entry, not a Service.
+        slice("a", "orphan-1", "orphan", endpoints(&[("10.1.0.1", "x")])),
+        slice("a", "kept-1", "kept", endpoints(&[("10.1.0.2", "y")])),
+        pod("a", "p", "10.2.0.1"),
+        namespace("a"),
+        namespace("c"),
+    ]);
+    let listed_only =
+        |names: &'static [&'static str]| move |_: &str, name: &str| names.contains(&name);
+    // A watch of namespace "a" listed "kept" only: "gone" goes, "b/other" is not its own,
+    // and the Service entry the orphan slice made is no Service.
+    let deleted = zone.delete_unlisted(ObjectKind::Service, Some("a"), &listed_only(&["kept"]));
+    assert_eq!(deleted, 1);
+    assert_eq!(
+        a_records(&zone, "gone.a.svc.cluster.local.").0,
+        ResponseCode::NXDomain
+    );
+    assert_eq!(
+        a_records(&zone, "kept.a.svc.cluster.local."),
+        ok(&["10.0.0.1"])
+    );
+    assert_eq!(
+        a_records(&zone, "other.b.svc.cluster.local."),
+        ok(&["10.0.0.3"])
+    );
+    // Every namespace's slices, pods and Namespace objects, each by its own kind.
+    let deleted = zone.delete_unlisted(ObjectKind::EndpointSlice, None, &listed_only(&["kept-1"]));
+    assert_eq!(deleted, 1);
+    assert_eq!(
+        zone.unlisted(ObjectKind::EndpointSlice, None, &|_, _| false),
+        [key(ObjectKind::EndpointSlice, "a", "kept-1")]
+    );
+    assert_eq!(
+        a_records(&zone, "10-2-0-1.a.pod.cluster.local."),
+        ok(&["10.2.0.1"])
+    );
+    assert_eq!(
+        zone.delete_unlisted(ObjectKind::Pod, None, &listed_only(&["p"])),
+        0
+    );
+    assert_eq!(
+        zone.delete_unlisted(ObjectKind::Pod, None, &listed_only(&[])),
+        1
+    );
+    assert_eq!(
+        a_records(&zone, "10-2-0-1.a.pod.cluster.local.").0,
+        ResponseCode::NXDomain
+    );
+    assert_eq!(a_records(&zone, "c.svc.cluster.local."), ok(&[]));
+    let deleted = zone.delete_unlisted(ObjectKind::Namespace, None, &|namespace, name| {
+        assert_eq!(namespace, "", "a Namespace has no namespace");
+        name == "a"
+    });
+    assert_eq!(
+        deleted, 1,
+        "c only: b exists through its Service, not an object"
+    );
+    assert_eq!(
+        a_records(&zone, "c.svc.cluster.local.").0,
+        ResponseCode::NXDomain
+    );
+    assert_eq!(a_records(&zone, "b.svc.cluster.local."), ok(&[]));
+    assert_eq!(
+        zone.unlisted(ObjectKind::Namespace, None, &|_, _| false),
+        [key(ObjectKind::Namespace, "", "a")]
+    );
+}
