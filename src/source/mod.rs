@@ -106,23 +106,21 @@ impl ClusterObject {
         self.meta_mut().self_link = Some(format!("{MANIFEST_FILE_LINK}{file}"));
     }
 
-    /// Where this object came from, as the zone keeps it: its `resourceVersion` (objects from
-    /// the API, or manifests saved from it) and manifest file, stamped with `changed`.
-    pub fn origin(&self, changed: u64) -> ObjectOrigin {
-        let meta = self.meta();
-        ObjectOrigin {
-            resource_version: meta
-                .resource_version
-                .as_deref()
-                .filter(|v| !v.is_empty())
-                .map(ResourceVersion::new),
-            file: meta
-                .self_link
-                .as_deref()
-                .and_then(|link| link.strip_prefix(MANIFEST_FILE_LINK))
-                .map(Into::into),
-            changed,
-        }
+    /// Its `metadata.resourceVersion` (objects from the API, or manifests saved from it).
+    pub fn resource_version(&self) -> Option<ResourceVersion> {
+        self.meta()
+            .resource_version
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .map(ResourceVersion::new)
+    }
+
+    /// The manifest file that defines it ([`MANIFEST_FILE_LINK`]), if a manifest does.
+    pub fn manifest_file(&self) -> Option<&str> {
+        self.meta()
+            .self_link
+            .as_deref()
+            .and_then(|link| link.strip_prefix(MANIFEST_FILE_LINK))
     }
 
     /// The object's identity, or `None` when it has no name (such an object is rejected).
@@ -149,23 +147,10 @@ impl ClusterObject {
 /// The manifest source sets `metadata.selfLink` ("a URL representing this object") of the
 /// objects it emits to `file://<path of the manifest that defines it>`. Carrying it in the
 /// object's own metadata keeps [`SourceEvent`] unchanged for every source; the zone keeps
-/// only the path (in [`ObjectOrigin`]), never the object. The API server has not set
+/// only the path (for explanations), never the object. The API server has not set
 /// `selfLink` since Kubernetes 1.20, and only this prefix is read. Not an annotation: a
 /// source's batch of 100,000 objects would allocate a map node (about 600 bytes) for each.
 pub const MANIFEST_FILE_LINK: &str = "file://";
-
-/// Where an object the zone holds came from, kept per object for `clusterdns explain`:
-/// a few words, never the object.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ObjectOrigin {
-    /// `metadata.resourceVersion`, if the object has one.
-    pub resource_version: Option<ResourceVersion>,
-    /// The manifest file that defines it (manifest source only). Shared: the zone keeps one
-    /// copy of each path however many objects the file defines.
-    pub file: Option<std::sync::Arc<str>>,
-    /// When the zone applied this version (seconds since the Unix epoch).
-    pub changed: u64,
-}
 
 /// A `metadata.resourceVersion`. Opaque to clients, but on every API server there is the
 /// etcd revision, a number: kept as one, without an allocation of its own (a string each was

@@ -13,9 +13,10 @@
 
 use super::name::dashed_ip;
 use super::records::{Exclusion, ServiceShape, endpoint_exclusion};
-use super::{Lookup, NameKey, ObjectId, OwnerId, STATIC_OWNER, ServiceEntry, WriterState, Zone};
+use super::{
+    Lookup, NameKey, ObjectId, Origin, OwnerId, STATIC_OWNER, ServiceEntry, WriterState, Zone,
+};
 use crate::config::PodMode;
-use crate::source::ObjectOrigin;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use serde::{Deserialize, Serialize};
@@ -41,12 +42,14 @@ pub struct Provenance {
     pub note: Option<String>,
 }
 
-impl Provenance {
-    fn object(
+impl WriterState {
+    /// The provenance of an object the writer holds, from where it came from.
+    fn provenance(
+        &self,
         kind: &str,
         namespace: Option<&str>,
         name: &str,
-        origin: Option<&ObjectOrigin>,
+        origin: Option<&Origin>,
     ) -> Provenance {
         Provenance {
             kind: kind.to_string(),
@@ -54,12 +57,14 @@ impl Provenance {
             name: Some(name.to_string()),
             resource_version: origin
                 .and_then(|o| o.resource_version.as_ref().map(ToString::to_string)),
-            file: origin.and_then(|o| o.file.as_deref().map(Into::into)),
-            changed_unix: origin.map(|o| o.changed),
+            file: origin.and_then(|o| self.file(o.file?)).map(str::to_string),
+            changed_unix: origin.map(|o| u64::from(o.changed)),
             note: None,
         }
     }
+}
 
+impl Provenance {
     fn zone(note: &str) -> Provenance {
         Provenance {
             kind: "Zone".to_string(),
@@ -395,7 +400,7 @@ impl Zone {
             .namespaces
             .iter()
             .find(|(_, e)| e.owner == owner)
-            .map(|(ns, e)| Provenance::object("Namespace", None, ns, e.origin.as_ref()))
+            .map(|(ns, e)| state.provenance("Namespace", None, ns, e.origin.as_ref()))
     }
 
     /// Pod names are computed from the question, not stored.
@@ -418,7 +423,8 @@ impl Zone {
                 .iter()
                 .find(|((ns, _), pod)| ns == namespace && pod.ips.contains(&ip))
                 .map(|((ns, pod), _)| {
-                    Provenance::object("Pod", Some(ns), pod, None)
+                    state
+                        .provenance("Pod", Some(ns), pod, None)
                         .with_note(format!("pods = verified: this Pod has {ip}"))
                 }),
             _ => Some(Provenance::zone(&format!(
@@ -539,12 +545,8 @@ impl Zone {
             }
             return;
         };
-        out.service = Some(Provenance::object(
-            "Service",
-            Some(namespace),
-            service,
-            entry.origin.as_ref(),
-        ));
+        out.service =
+            Some(state.provenance("Service", Some(namespace), service, entry.origin.as_ref()));
         out.excluded = excluded_endpoints(state, namespace, entry);
         let published = self.published_records(state, &id);
         match &info.shape {
@@ -706,7 +708,7 @@ fn service_record_source(
     record: &Record,
 ) -> Provenance {
     let service_source =
-        || Provenance::object("Service", Some(namespace), service, entry.origin.as_ref());
+        || state.provenance("Service", Some(namespace), service, entry.origin.as_ref());
     if entry.info.as_ref().map(|i| &i.shape) != Some(&ServiceShape::Headless) {
         return service_source();
     }
@@ -736,21 +738,22 @@ fn service_record_source(
                 (false, true) => "terminating, published because of publishNotReadyAddresses",
                 (false, false) => "not ready, published because of publishNotReadyAddresses",
             };
-            return Provenance::object(
-                "EndpointSlice",
-                Some(namespace),
-                slice_name,
-                Some(&slice.origin),
-            )
-            .with_note(format!(
-                "endpoint {}{} ({state_word}) of Service {namespace}/{service}",
-                addresses.join(","),
-                endpoint
-                    .hostname
-                    .as_deref()
-                    .map(|h| format!(" hostname {h}"))
-                    .unwrap_or_default(),
-            ));
+            return state
+                .provenance(
+                    "EndpointSlice",
+                    Some(namespace),
+                    slice_name,
+                    Some(&slice.origin),
+                )
+                .with_note(format!(
+                    "endpoint {}{} ({state_word}) of Service {namespace}/{service}",
+                    addresses.join(","),
+                    endpoint
+                        .hostname
+                        .as_deref()
+                        .map(|h| format!(" hostname {h}"))
+                        .unwrap_or_default(),
+                ));
         }
     }
     service_source().with_note(
@@ -845,7 +848,7 @@ mod tests {
 
     #[test]
     fn the_same_version_delivered_again_keeps_its_change_time() {
-        let origin = |version: Option<&str>, changed| ObjectOrigin {
+        let origin = |version: Option<&str>, changed| Origin {
             resource_version: version.map(crate::source::ResourceVersion::new),
             file: None,
             changed,

@@ -32,7 +32,9 @@ pub mod records;
 
 use crate::config::PodMode;
 use crate::ops::metrics::Metrics;
-use crate::source::{ClusterObject, EventSink, ObjectKey, ObjectKind, ObjectOrigin, SourceEvent};
+use crate::source::{
+    ClusterObject, EventSink, ObjectKey, ObjectKind, ResourceVersion, SourceEvent,
+};
 use dashmap::DashMap;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{NS, SOA, TXT};
@@ -227,7 +229,7 @@ struct ServiceEntry {
     /// ends (each with the ports of the slice they left).
     lingering: Lingering,
     /// Where the Service object came from (for explanations).
-    origin: Option<ObjectOrigin>,
+    origin: Option<Origin>,
 }
 
 impl ServiceEntry {
@@ -250,7 +252,7 @@ struct NamespaceEntry {
     pods: usize,
     published: bool,
     /// Where the Namespace object came from, when there is one (for explanations).
-    origin: Option<ObjectOrigin>,
+    origin: Option<Origin>,
 }
 
 impl NamespaceEntry {
@@ -259,11 +261,31 @@ impl NamespaceEntry {
     }
 }
 
+/// Where an object the zone holds came from, kept per object for `clusterdns explain`: a few
+/// words in 24 bytes, never the object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Origin {
+    /// `metadata.resourceVersion`, if the object has one.
+    resource_version: Option<ResourceVersion>,
+    /// The manifest file that defines it (manifest source only).
+    file: Option<FileId>,
+    /// When the zone applied this version, in seconds since the Unix epoch (a `u32` lasts
+    /// until 2106).
+    changed: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Origin>() == 24);
+
+/// A manifest path, by its number in [`WriterState::files`] (a file defines many objects:
+/// one copy of each path, and 4 bytes an object instead of a 16-byte pointer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileId(std::num::NonZeroU32);
+
 /// One EndpointSlice: what DNS needs of it, and where it came from (for explanations).
 #[derive(Debug)]
 struct SliceEntry {
     info: SliceInfo,
-    origin: ObjectOrigin,
+    origin: Origin,
 }
 
 /// A Service or EndpointSlice in the writer's maps: its namespace (one copy shared by the
@@ -302,8 +324,10 @@ struct WriterState {
     /// When lingering endpoints of which Service end their grace, oldest first. The grace is a
     /// constant, so appending keeps the queue in order and expiry only looks at its front.
     expiries: VecDeque<(Instant, ObjectId)>,
-    /// The manifest paths objects came from, one copy each (a file defines many objects).
-    files: HashSet<Arc<str>>,
+    /// The manifest paths objects came from, one copy each, numbered by [`FileId`] (never
+    /// forgotten: a directory has far fewer files than objects).
+    files: Vec<Arc<str>>,
+    file_ids: HashMap<Arc<str>, FileId>,
     /// The shared copy of each namespace name the ids use; those no id uses any more are
     /// dropped whenever the set has doubled since the last sweep.
     namespace_names: HashSet<Arc<str>>,
@@ -317,15 +341,33 @@ struct WriterState {
 }
 
 impl WriterState {
-    /// The shared copy of a manifest path.
-    fn intern_file(&mut self, file: Arc<str>) -> Arc<str> {
-        match self.files.get(&file) {
-            Some(shared) => shared.clone(),
-            None => {
-                self.files.insert(file.clone());
-                file
-            }
+    /// Where `object` came from, applied `now`.
+    fn origin_of(&mut self, object: &ClusterObject, now: u32) -> Origin {
+        Origin {
+            resource_version: object.resource_version(),
+            file: object.manifest_file().and_then(|file| self.file_id(file)),
+            changed: now,
         }
+    }
+
+    /// The number of a manifest path (`None` past 4 billion paths: only explanations lose it).
+    fn file_id(&mut self, file: &str) -> Option<FileId> {
+        if let Some(id) = self.file_ids.get(file) {
+            return Some(*id);
+        }
+        let id = FileId(std::num::NonZeroU32::new(
+            u32::try_from(self.files.len() + 1).ok()?,
+        )?);
+        let file: Arc<str> = file.into();
+        self.files.push(file.clone());
+        self.file_ids.insert(file, id);
+        Some(id)
+    }
+
+    /// The path of a manifest by its number.
+    fn file(&self, id: FileId) -> Option<&str> {
+        let index = usize::try_from(id.0.get()).ok()? - 1;
+        self.files.get(index).map(|file| &**file)
     }
 
     /// The id of object `name` in `namespace`, with the namespace's shared name.
@@ -912,10 +954,8 @@ impl Zone {
                     self.reject(key.kind, &key, Rejection::InvalidName);
                     return false;
                 }
-                let mut origin = object.origin(unix_now());
-                if let Some(file) = origin.file.take() {
-                    origin.file = Some(state.intern_file(file));
-                }
+                let now = u32::try_from(unix_now()).unwrap_or(u32::MAX);
+                let origin = state.origin_of(&object, now);
                 match object {
                     ClusterObject::Service(service) => match records::service_info(&service) {
                         Ok(info) => self.set_service(state, &key, Some((info, origin))),
@@ -950,7 +990,7 @@ impl Zone {
         &self,
         state: &mut WriterState,
         key: &ObjectKey,
-        info: Option<(ServiceInfo, ObjectOrigin)>,
+        info: Option<(ServiceInfo, Origin)>,
     ) {
         let (info, origin) = info.unzip();
         let id = state.object_id(&key.namespace, &key.name);
@@ -987,7 +1027,7 @@ impl Zone {
         &self,
         state: &mut WriterState,
         key: &ObjectKey,
-        info: Option<(SliceInfo, ObjectOrigin)>,
+        info: Option<(SliceInfo, Origin)>,
     ) {
         let now = Instant::now();
         let slice_id = state.object_id(&key.namespace, &key.name);
@@ -1365,12 +1405,7 @@ impl Zone {
     }
 
     /// `origin` is the Namespace object's; `None` when it was deleted.
-    fn set_namespace(
-        &self,
-        state: &mut WriterState,
-        namespace: &str,
-        origin: Option<ObjectOrigin>,
-    ) {
+    fn set_namespace(&self, state: &mut WriterState, namespace: &str, origin: Option<Origin>) {
         let entry = state.namespaces.entry(namespace.to_string()).or_default();
         entry.explicit = origin.is_some();
         entry.origin = keep_change_time(entry.origin.take(), origin);
@@ -1504,7 +1539,7 @@ fn cname_target(node: &Node) -> Option<Name> {
 
 /// A re-delivery of the same version of an object (a relist, a resumed watch) is no change:
 /// it keeps the time the version was first applied, so explanations say when it changed.
-fn keep_change_time(old: Option<ObjectOrigin>, new: Option<ObjectOrigin>) -> Option<ObjectOrigin> {
+fn keep_change_time(old: Option<Origin>, new: Option<Origin>) -> Option<Origin> {
     let mut new = new?;
     if let Some(old) = old
         && old.resource_version.is_some()
