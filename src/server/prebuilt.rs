@@ -212,11 +212,12 @@ struct Prebuilt {
     bytes: Box<[u8]>,
 }
 
-/// Two answers whose questions hash alike, and which of them answered last.
+/// Two answers whose questions hash alike, the one that answered last first (the order is
+/// the recency: a bucket is 24 bytes with its lock, not 32 with an index of the last used,
+/// 1 MB at the largest table).
 #[derive(Default)]
 struct Bucket {
     ways: [Option<Box<Prebuilt>>; 2],
-    recent: usize,
 }
 
 impl Bucket {
@@ -226,7 +227,17 @@ impl Bucket {
             .iter()
             .position(|way| way.as_ref().is_some_and(|p| *p.key == *key))
     }
+
+    /// Makes `way` the most recently used; returns where it is now.
+    fn use_way(&mut self, way: usize) -> usize {
+        if way != 0 {
+            self.ways.swap(0, way);
+        }
+        0
+    }
 }
+
+const _: () = assert!(std::mem::size_of::<Mutex<Bucket>>() == 24);
 
 /// A fixed number of buckets.
 struct Table {
@@ -290,7 +301,7 @@ impl PrebuiltAnswers {
         let table = self.table.load();
         let mut bucket = table.bucket(key);
         let way = bucket.way_of(key)?;
-        bucket.recent = way;
+        let way = bucket.use_way(way);
         let prebuilt = bucket.ways[way].as_deref()?;
         let countdown = match &prebuilt.kept {
             Kept::Zone { generation } => {
@@ -362,17 +373,18 @@ impl PrebuiltAnswers {
         let key = key.as_bytes();
         let table = self.table.load();
         let mut bucket = table.bucket(key);
+        // The same question's slot, else a free one, else the one less recently answered.
         let way = bucket
             .way_of(key)
             .or_else(|| bucket.ways.iter().position(Option::is_none))
-            .unwrap_or(1 - bucket.recent);
+            .unwrap_or(1);
         bucket.ways[way] = Some(Box::new(Prebuilt {
             key: key.into(),
             kept,
             rcode,
             bytes: bytes.into(),
         }));
-        bucket.recent = way;
+        bucket.use_way(way);
     }
 }
 
@@ -537,6 +549,45 @@ mod tests {
                 "{what}"
             );
         }
+    }
+
+    #[test]
+    fn a_third_question_on_a_bucket_replaces_the_one_less_recently_answered() {
+        let table = PrebuiltAnswers {
+            table: ArcSwap::from_pointee(Table::new(1)),
+        };
+        let question = |name: &str| {
+            let packet = query(name, RecordType::A, None);
+            let key = key_of(&packet, Some(1232));
+            (packet, key)
+        };
+        let keep = |(_, key): &(Vec<u8>, PrebuiltKey)| {
+            let mut built = vec![0u8; 20];
+            built[2] = 0x84;
+            table.keep(
+                key,
+                Validity::Zone { generation: 1 },
+                ResponseCode::NoError,
+                &built,
+            );
+        };
+        let served = |(packet, key): &(Vec<u8>, PrebuiltKey)| {
+            table.answer(packet, key, &zone_at(1)).is_some()
+        };
+        let [a, b, c, d] = ["a.", "b.", "c.", "d."].map(question);
+        keep(&a);
+        keep(&b);
+        assert!(served(&a) && served(&b));
+        assert!(served(&a), "a answered last");
+        keep(&c);
+        assert!(!served(&b), "b was the less recently answered");
+        assert!(served(&a) && served(&c));
+        keep(&d);
+        assert!(!served(&a), "c answered last, then d came");
+        assert!(served(&c) && served(&d));
+        // Keeping a question again replaces its own answer, not its neighbour's.
+        keep(&c);
+        assert!(served(&d) && served(&c));
     }
 
     #[test]

@@ -1060,7 +1060,7 @@ impl Zone {
         // it is applied; a relist re-delivering an unchanged slice is not a change.
         let programmed = current
             .filter(|new| old.as_ref() != Some(*new))
-            .and_then(|new| Some((new.trigger_time?, new.service.to_string())));
+            .and_then(|new| Some((new.trigger_time?.time(), new.service.to_string())));
         // Endpoints this change takes away from the slice's (old) Service linger for a grace
         // (module documentation): those of a deleted or relabelled slice, and those whose
         // addresses the new version of the slice no longer has.

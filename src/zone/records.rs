@@ -170,7 +170,28 @@ pub struct SliceInfo {
     /// When the change this version of the slice carries was triggered (the EndpointSlice
     /// controller's `endpoints.kubernetes.io/last-change-trigger-time` annotation): the start
     /// of the DNS-programming latency SLI.
-    pub trigger_time: Option<SystemTime>,
+    pub trigger_time: Option<TriggerTime>,
+}
+
+/// A [`LAST_CHANGE_TRIGGER_TIME`] in microseconds since the Unix epoch: with `Option`, 8
+/// bytes in every slice where a `SystemTime` takes 16 (0.5 MB at 50,000 slices).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TriggerTime(std::num::NonZeroU64);
+
+impl TriggerTime {
+    /// `time`, if it is after the epoch (the controller never writes one before).
+    pub fn new(time: SystemTime) -> Option<TriggerTime> {
+        let micros = time.duration_since(std::time::UNIX_EPOCH).ok()?.as_micros();
+        u64::try_from(micros)
+            .ok()
+            .and_then(std::num::NonZeroU64::new)
+            .map(TriggerTime)
+    }
+
+    /// The time it says.
+    pub fn time(self) -> SystemTime {
+        std::time::UNIX_EPOCH + std::time::Duration::from_micros(self.0.get())
+    }
 }
 
 /// The compact form of a Pod: its addresses.
@@ -366,7 +387,7 @@ pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-
 
 /// The slice's [`LAST_CHANGE_TRIGGER_TIME`]; `None` when absent or not a valid time (the
 /// latency of that change is then simply not measured, as in CoreDNS).
-fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
+fn trigger_time(slice: &EndpointSlice) -> Option<TriggerTime> {
     let value = slice
         .metadata
         .annotations
@@ -374,7 +395,7 @@ fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
         .get(LAST_CHANGE_TRIGGER_TIME)?;
     let time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time =
         serde_json::from_value(serde_json::Value::String(value.clone())).ok()?;
-    Some(SystemTime::from(time.0))
+    TriggerTime::new(SystemTime::from(time.0))
 }
 
 /// Reduce a Pod to its addresses.

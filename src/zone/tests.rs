@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::source::ClusterObject;
+use records::TriggerTime;
 use serde_json::json;
 
 fn zone(pods: PodMode) -> Zone {
@@ -984,11 +985,15 @@ fn trigger_time_annotation_is_read_in_the_controllers_formats() {
     let at = |secs: u64, nanos: u32| Some(UNIX_EPOCH + Duration::new(secs, nanos));
     // RFC 3339 as the EndpointSlice controller writes it, with and without fractions.
     assert_eq!(
-        slice_with(Some("2024-05-01T10:00:05Z")).trigger_time,
+        slice_with(Some("2024-05-01T10:00:05Z"))
+            .trigger_time
+            .map(TriggerTime::time),
         at(1_714_557_605, 0)
     );
     assert_eq!(
-        slice_with(Some("2024-05-01T10:00:05.25Z")).trigger_time,
+        slice_with(Some("2024-05-01T10:00:05.25Z"))
+            .trigger_time
+            .map(TriggerTime::time),
         at(1_714_557_605, 250_000_000)
     );
     // Absent or garbage: no latency measured, the slice itself still serves.
