@@ -1394,3 +1394,41 @@ fn a_source_that_lists_again_deletes_through_the_zone_what_its_list_did_not_brin
         [key(ObjectKind::Namespace, "", "a")]
     );
 }
+
+#[test]
+fn a_name_keeps_each_owners_records_whether_it_has_one_owner_or_several() {
+    let records = |ip: &str| -> Box<[StoredRecord]> {
+        Box::new([StoredRecord::new(RData::A(hickory_proto::rr::rdata::A(
+            ip.parse().unwrap(),
+        )))])
+    };
+    let owners_of = |owners: &Owners| -> Vec<(OwnerId, usize)> {
+        owners.iter().map(|(o, r)| (*o, r.len())).collect()
+    };
+    let mut owners = Owners::One((7, records("10.0.0.1")));
+    assert_eq!(
+        owners.replace(7, Box::new([])),
+        1,
+        "its own records replaced"
+    );
+    assert_eq!(
+        owners_of(&owners),
+        [(7, 0)],
+        "an owner without records stays"
+    );
+    assert_eq!(owners.replace(8, records("10.0.0.2")), 0);
+    assert_eq!(owners.replace(9, records("10.0.0.3")), 0);
+    assert_eq!(owners_of(&owners), [(7, 0), (8, 1), (9, 1)]);
+    assert_eq!(owners.replace(8, records("10.0.0.4")), 1);
+    assert_eq!(owners.remove(42), 0, "not an owner");
+    assert_eq!(owners.remove(7), 0);
+    assert_eq!(owners.remove(9), 1);
+    assert!(
+        matches!(owners, Owners::One((8, _))),
+        "back inline: {owners:?}"
+    );
+    assert_eq!(owners.remove(8), 1);
+    assert!(owners.is_empty());
+    assert_eq!(owners.replace(5, records("10.0.0.5")), 0);
+    assert!(matches!(owners, Owners::One((5, _))));
+}
