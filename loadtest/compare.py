@@ -647,12 +647,22 @@ def main():
         if "scale" in workloads:
             log("workload: scale")
             scale = []
+            # Every size's server runs at once and the rounds alternate between them, as the
+            # peers' do: the machine's drift from one minute to the next (up to 25% here)
+            # falls on every size alike instead of on whichever ran last.
+            sizes = []
             for n in [int(x) for x in args.scale.split(",")]:
                 d = os.path.join(args.data, str(n))
                 summ = gen(n, d, 200000)
                 s = keep(start_clusterdns(args.binary, os.path.join(d, "manifests"), upstream.port, work, f"clusterdns-{n}"))
-                idle_rss = rss_mb(s.pid)
-                res = rounds([s], os.path.join(d, "queries-zone.txt"), args, workload=f"scale {n}")
+                sizes.append((n, d, summ, s, rss_mb(s.pid)))
+            res = {s.name: [] for (_, _, _, s, _) in sizes}
+            for i in range(args.rounds):
+                for n, d, _, s, _ in sizes:
+                    r = measure(s, os.path.join(d, "queries-zone.txt"), args.seconds, "udp", 16)
+                    log(f"  scale {n} round {i + 1} {s.name}: {r['qps']:.0f} qps, {r['qps_per_core']:.0f} qps/core, lost {r['lost']}, cpu {r['cpu_s']:.2f}s, rss {r['rss_mb']:.1f} MB")
+                    res[s.name].append(r)
+            for n, d, summ, s, idle_rss in sizes:
                 changes = change_latency(s, d, summ)
                 log(f"  {n} services: sync {s.sync_seconds:.2f}s, idle RSS {idle_rss:.1f} MB, change {['%.3f' % c for c in changes]}")
                 scale.append({
