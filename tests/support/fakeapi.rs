@@ -389,8 +389,12 @@ impl FakeApi {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        // Waits for the runtime's threads: when `stop` returns the listener and every
+        // connection are closed, so a change made next cannot reach the server through a
+        // connection still being torn down (`shutdown_background` returned before that, and a
+        // watch resumed in those milliseconds could deliver it).
         if let Some(runtime) = runtime {
-            runtime.shutdown_background();
+            runtime.shutdown_timeout(Duration::from_secs(5));
         }
         self.lock().watchers.clear();
     }
