@@ -53,6 +53,10 @@ const METRICS_TICK: Duration = Duration::from_secs(1);
 /// With a snapshot configured, how long the first lists may take before the snapshot is
 /// served anyway (an API server that accepts connections but does not answer fails nothing).
 const SNAPSHOT_GRACE: Duration = Duration::from_secs(5);
+/// The longest wait between two tries of a failing watch. kube-rs's default backoff (client-go's:
+/// 0.8 s doubling to 30 s) adds up to 100% jitter on top, so after an outage of half a minute
+/// the next try could come 51 s later; a recovered API server is picked up within 30 s.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 /// Why the Kubernetes source cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -532,6 +536,14 @@ impl KubernetesSource {
     }
 }
 
+/// How long to wait before the next try of a failing watch.
+fn retry_delay(backoff: &mut impl Iterator<Item = Duration>) -> Duration {
+    backoff
+        .next()
+        .unwrap_or(MAX_RETRY_DELAY)
+        .min(MAX_RETRY_DELAY)
+}
+
 /// A namespaced API: in `namespace`, or across all namespaces.
 fn api<K>(client: Client, namespace: Option<&str>) -> Api<K>
 where
@@ -593,7 +605,7 @@ impl Watch {
             if delivered {
                 backoff = DefaultBackoff::default();
             }
-            let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+            let delay = retry_delay(&mut backoff);
             debug!(watch = %self.what, ?delay, "restarting the watch with a full list");
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
@@ -1078,6 +1090,19 @@ mod tests {
                 "delete Service ns/a",
                 "synced"
             ]
+        );
+    }
+
+    #[test]
+    fn a_failing_watch_is_retried_at_least_every_30_s_jitter_included() {
+        let mut backoff = DefaultBackoff::default();
+        let delays: Vec<Duration> = (0..20).map(|_| retry_delay(&mut backoff)).collect();
+        assert!(delays[0] < Duration::from_secs(2), "{delays:?}");
+        assert!(delays.iter().all(|d| *d <= MAX_RETRY_DELAY), "{delays:?}");
+        // Past the doubling, kube-rs's jitter alone would wait 30-60 s.
+        assert!(
+            delays[10..].iter().all(|d| *d == MAX_RETRY_DELAY),
+            "{delays:?}"
         );
     }
 
