@@ -931,21 +931,18 @@ mod tests {
             lock(&self.lines).push(line);
         }
 
-        fn delete_unlisted(
+        fn unlisted(
             &self,
             kind: ObjectKind,
             namespace: Option<&str>,
             listed: &dyn Fn(&str, &str) -> bool,
-        ) -> usize {
-            let gone: Vec<ObjectKey> = lock(&self.held)
+        ) -> Vec<ObjectKey> {
+            lock(&self.held)
                 .iter()
                 .filter(|k| k.kind == kind && namespace.is_none_or(|ns| ns == k.namespace))
                 .filter(|k| !listed(&k.namespace, &k.name))
                 .cloned()
-                .collect();
-            let count = gone.len();
-            self.handle_batch(gone.into_iter().map(SourceEvent::Delete).collect());
-            count
+                .collect()
         }
     }
 

@@ -1232,12 +1232,12 @@ mod tests {
         fn handle(&self, event: SourceEvent) {
             self.0.lock().unwrap().push(event);
         }
-        fn delete_unlisted(
+        fn unlisted(
             &self,
             _: ObjectKind,
             _: Option<&str>,
             _: &dyn Fn(&str, &str) -> bool,
-        ) -> usize {
+        ) -> Vec<ObjectKey> {
             unreachable!("the manifest source tracks its files' objects itself")
         }
     }
@@ -2162,12 +2162,12 @@ metadata:
         fn handle(&self, event: SourceEvent) {
             self.handle_batch(vec![event]);
         }
-        fn delete_unlisted(
+        fn unlisted(
             &self,
             _: ObjectKind,
             _: Option<&str>,
             _: &dyn Fn(&str, &str) -> bool,
-        ) -> usize {
+        ) -> Vec<ObjectKey> {
             unreachable!("the manifest source tracks its files' objects itself")
         }
         fn handle_batch(&self, events: Vec<SourceEvent>) {

@@ -214,17 +214,30 @@ pub trait EventSink: Send + Sync {
         }
     }
 
-    /// Deletes every object of `kind` the sink holds (in `namespace` only, when given) for
-    /// which `listed(namespace, name)` is false, and returns how many went. A source that
-    /// lists again after a gap (the API's watch after a 410 or an outage) learns this way
-    /// what disappeared meanwhile, without keeping a key of its own for every object: the
-    /// sink holds them already. (A Namespace's own namespace is `""`.)
+    /// The keys of the objects of `kind` the sink holds (in `namespace` only, when given)
+    /// for which `listed(namespace, name)` is false. (A Namespace's own namespace is `""`.)
+    fn unlisted(
+        &self,
+        kind: ObjectKind,
+        namespace: Option<&str>,
+        listed: &dyn Fn(&str, &str) -> bool,
+    ) -> Vec<ObjectKey>;
+
+    /// Deletes the objects [`EventSink::unlisted`] names, as one batch, and returns how many
+    /// went. A source that lists again after a gap (the API's watch after a 410 or an
+    /// outage) learns this way what disappeared meanwhile, without keeping a key of its own
+    /// for every object: the sink holds them already.
     fn delete_unlisted(
         &self,
         kind: ObjectKind,
         namespace: Option<&str>,
         listed: &dyn Fn(&str, &str) -> bool,
-    ) -> usize;
+    ) -> usize {
+        let gone = self.unlisted(kind, namespace, listed);
+        let count = gone.len();
+        self.handle_batch(gone.into_iter().map(SourceEvent::Delete).collect());
+        count
+    }
 }
 
 #[cfg(test)]

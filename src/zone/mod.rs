@@ -1534,8 +1534,23 @@ impl Zone {
         }
     }
 
-    /// The keys of the objects of `kind` (in `namespace`, when given) that `listed` refuses
-    /// ([`EventSink::delete_unlisted`]).
+    /// Number of names in the index (for tests and the scale benchmark).
+    pub fn name_count(&self) -> usize {
+        self.index.len() + self.ents.len()
+    }
+}
+
+impl EventSink for Zone {
+    fn handle(&self, event: SourceEvent) {
+        self.apply(event);
+    }
+
+    fn handle_batch(&self, events: Vec<SourceEvent>) {
+        if !events.is_empty() {
+            self.apply_batch(events);
+        }
+    }
+
     fn unlisted(
         &self,
         kind: ObjectKind,
@@ -1576,35 +1591,6 @@ impl Zone {
                 .map(|(name, _)| key("", name))
                 .collect(),
         }
-    }
-
-    /// Number of names in the index (for tests and the scale benchmark).
-    pub fn name_count(&self) -> usize {
-        self.index.len() + self.ents.len()
-    }
-}
-
-impl EventSink for Zone {
-    fn handle(&self, event: SourceEvent) {
-        self.apply(event);
-    }
-
-    fn handle_batch(&self, events: Vec<SourceEvent>) {
-        if !events.is_empty() {
-            self.apply_batch(events);
-        }
-    }
-
-    fn delete_unlisted(
-        &self,
-        kind: ObjectKind,
-        namespace: Option<&str>,
-        listed: &dyn Fn(&str, &str) -> bool,
-    ) -> usize {
-        let gone = self.unlisted(kind, namespace, listed);
-        let count = gone.len();
-        self.handle_batch(gone.into_iter().map(SourceEvent::Delete).collect());
-        count
     }
 }
 
