@@ -11,10 +11,11 @@ use std::path::Path;
 use std::time::Duration;
 use support::*;
 
-/// A loopback address whose port was free a moment ago.
+/// A loopback address for the server's config. Not port 0: the tests edit the listen list
+/// and need to know the address beforehand. [`unused_port`] draws below the kernel's
+/// ephemeral range, so a parallel test's port-0 bind cannot take the number in between.
 fn free_addr() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("addr")
+    SocketAddr::from(([127, 0, 0, 1], unused_port()))
 }
 
 fn write_config(path: &Path, listen: &[SocketAddr], upstream: SocketAddr, extra: &str) {

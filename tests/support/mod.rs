@@ -525,9 +525,9 @@ pub fn unused_port() -> u16 {
 }
 
 /// A loopback UDP/TCP port with nothing listening (the kernel refuses at once).
+/// Drawn as [`unused_port`] is, so a parallel test's port-0 listener cannot be behind it.
 pub fn closed_port() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("local addr")
+    SocketAddr::from(([127, 0, 0, 1], unused_port()))
 }
 
 /// How a [`FakeUpstream`] reacts to a query.
