@@ -60,6 +60,27 @@ fn malformed_total(server: &Server) -> f64 {
     .sum()
 }
 
+/// The wire size of one more A record in a truncated answer: a compressed owner name (2),
+/// type, class, TTL, rdlength (10) and the address (4).
+const ONE_MORE_A: usize = 16;
+
+/// The addresses of a truncated A answer: some, each one the server holds, none twice, and
+/// as many as fit (one more would not have).
+fn assert_fitted_prefix(answer: &Message, bytes: &[u8], limit: usize, all: &BTreeSet<String>) {
+    let got = rdata(&answer.answers, RecordType::A);
+    assert!(!got.is_empty(), "the records that fit are kept");
+    assert!(got.len() < all.len(), "not all {} records", all.len());
+    let distinct: BTreeSet<String> = got.iter().cloned().collect();
+    assert_eq!(distinct.len(), got.len(), "no record twice: {got:?}");
+    assert!(distinct.is_subset(all), "{got:?}");
+    assert!(bytes.len() <= limit, "{} bytes over {limit}", bytes.len());
+    assert!(
+        bytes.len() + ONE_MORE_A > limit,
+        "{} bytes: another record would have fit {limit}",
+        bytes.len()
+    );
+}
+
 fn truncated(server: &Server) -> f64 {
     server.metric("clusterdns_truncated_responses_total", "")
 }
@@ -186,7 +207,8 @@ fn udp_without_edns_truncates_at_512() {
     );
     assert!(answer.metadata.recursion_available, "RA set");
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
-    assert!(answer.answers.is_empty(), "answer section emptied");
+    let all: BTreeSet<String> = (1..=40).map(|i| format!("203.0.113.{i}")).collect();
+    assert_fitted_prefix(&answer, &bytes, 512, &all);
     assert!(answer.authorities.is_empty());
     assert!(answer.additionals.is_empty());
     assert!(answer.edns.is_none());
@@ -230,13 +252,13 @@ fn udp_payload_capped_at_max_udp_payload_and_tcp_complete() {
     assert!(answer.metadata.truncation, "TC set");
     assert!(answer.metadata.authoritative);
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
-    assert!(answer.answers.is_empty());
+    let expected: BTreeSet<String> = (1..=100).map(|i| format!("198.51.100.{i}")).collect();
+    assert_fitted_prefix(&answer, &bytes, 1232, &expected);
     assert!(answer.additionals.is_empty());
     let edns = answer.edns.expect("OPT kept on a truncated answer");
     assert_eq!(edns.max_payload(), 1232);
     assert_eq!(truncated(&server), 1.0);
 
-    let expected: BTreeSet<String> = (1..=100).map(|i| format!("198.51.100.{i}")).collect();
     for q in [
         query(BIG, RecordType::A),
         query_edns(BIG, RecordType::A, 4096),
@@ -273,6 +295,66 @@ fn configured_max_udp_payload_is_advertised_and_used() {
     assert!(bytes.len() <= 1232);
     let answer = parse_answer(&q, &bytes);
     assert!(answer.metadata.truncation, "TC at the client's 1232");
+    assert_eq!(truncated(&server), 1.0);
+}
+
+#[test]
+fn additional_records_that_do_not_fit_are_left_out_without_tc() {
+    let (server, _dir) = server_with_config("[server]\nmax_udp_payload = 4096\n", None);
+    let name = "_http._tcp.medium.default.svc.cluster.local.";
+
+    // The whole answer over TCP: 40 SRV records, each target's address in the additional
+    // section. The size of the answer section alone (with the OPT) sets the client's payload.
+    let full = server.tcp(&query_edns(name, RecordType::SRV, 4096));
+    assert_eq!(full.answers.len(), 40);
+    assert_eq!(full.additionals.len(), 40);
+    let mut answers_only = full.clone();
+    answers_only.additionals.clear();
+    let payload = encode(&answers_only).len() + 20;
+    assert!(payload < encode(&full).len());
+
+    let (q, bytes) = query_raw_payload(name, RecordType::SRV, payload as u16);
+    let reply = server.udp_raw(&bytes).expect("an answer");
+    assert!(
+        reply.len() <= payload,
+        "{} bytes over {payload}",
+        reply.len()
+    );
+    let answer = parse_answer(&q, &reply);
+    assert!(
+        !answer.metadata.truncation,
+        "no TC for missing additional records (RFC 2181 9)"
+    );
+    assert!(answer.metadata.authoritative);
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(
+        answer.answers, full.answers,
+        "every SRV record, as over TCP"
+    );
+    assert!(
+        answer.additionals.len() < 40,
+        "{} additional records in {payload} bytes",
+        answer.additionals.len()
+    );
+    assert!(
+        answer
+            .additionals
+            .iter()
+            .all(|r| full.additionals.contains(r)),
+        "only records of the full answer"
+    );
+    assert!(answer.edns.is_some(), "OPT kept");
+    assert_eq!(truncated(&server), 0.0, "not counted as truncated");
+
+    // A payload that cuts into the SRV records: TC, the SRV records that fit, no additional.
+    let (q, bytes) = query_raw_payload(name, RecordType::SRV, 1232);
+    let reply = server.udp_raw(&bytes).expect("an answer");
+    assert!(reply.len() <= 1232);
+    let answer = parse_answer(&q, &reply);
+    assert!(answer.metadata.truncation);
+    assert!(!answer.answers.is_empty() && answer.answers.len() < 40);
+    assert_eq!(answer.answers[..], full.answers[..answer.answers.len()]);
+    assert!(answer.additionals.is_empty());
     assert_eq!(truncated(&server), 1.0);
 }
 
@@ -323,7 +405,8 @@ fn client_payload_below_512_is_treated_as_512() {
     let reply = server.udp_raw(&bytes).expect("an answer");
     let answer = parse_answer(&q, &reply);
     assert!(answer.metadata.truncation);
-    assert!(answer.answers.is_empty());
+    let all: BTreeSet<String> = (1..=40).map(|i| format!("203.0.113.{i}")).collect();
+    assert_fitted_prefix(&answer, &reply, 512, &all);
     assert_eq!(truncated(&server), 1.0);
 }
 
@@ -1235,7 +1318,11 @@ fn answer_larger_than_a_tcp_message_is_truncated_not_lost() {
     let q = query_edns(name, RecordType::AAAA, 1232);
     let answer = server.udp(&q);
     assert!(answer.metadata.truncation);
-    assert!(answer.answers.is_empty());
+    let kept = answer.answers.len();
+    assert!(
+        kept > 0 && kept <= 1232 / 28,
+        "{kept} AAAA records of 28 bytes in 1232"
+    );
 }
 
 /// One TCP exchange of raw bytes.

@@ -805,8 +805,8 @@ impl Handler {
     }
 
     /// Builds the wire answer. Every path ends here, so flags, EDNS and truncation are decided
-    /// once: a UDP answer over the limit goes out with TC and empty sections (RFC 2181 9,
-    /// RFC 7766 5) so the client retries over TCP.
+    /// once: a UDP answer over the limit keeps the records that fit and goes out with TC
+    /// (RFC 2181 9, RFC 7766 5) so the client retries over TCP ([`fit_udp_limit`]).
     fn respond(&self, listener: &QueryMetrics, request: &Request, response: Response) -> Vec<u8> {
         let (rcode, by, source) = (response.rcode, response.origin, response.source);
         let bytes = self.encode_response(request, response);
@@ -852,15 +852,79 @@ impl Handler {
             return encode(&message);
         }
         let bytes = encode(&message);
-        if request.transport == Transport::Udp && bytes.len() > self.udp_limit(request) {
-            self.metrics.truncated_responses.inc();
-            message.metadata.truncation = true;
-            message.answers.clear();
-            message.authorities.clear();
-            message.additionals.clear();
-            return encode(&message);
+        let limit = self.udp_limit(request);
+        if request.transport == Transport::Udp && bytes.len() > limit {
+            let fitted = fit_udp_limit(message, limit);
+            if fitted.truncated {
+                self.metrics.truncated_responses.inc();
+            }
+            return fitted.bytes;
         }
         bytes
+    }
+}
+
+/// An answer cut down to a UDP size limit.
+struct Fitted {
+    bytes: Vec<u8>,
+    /// Answer or authority records were left out (TC is set).
+    truncated: bool,
+}
+
+/// Keeps the longest run of whole records that fits `limit` bytes: answer section first, then
+/// authority, then additional, as CoreDNS does. Clients that never retry over TCP (musl libc
+/// before 1.2.4, so Alpine images) still get the addresses that fit instead of nothing. TC is
+/// set only when answer or authority records are left out: additional records are extra
+/// information, and RFC 2181 9 says their absence must not set TC. The EDNS OPT record is
+/// not a section record here and always stays.
+fn fit_udp_limit(mut message: Message, limit: usize) -> Fitted {
+    let fits = |message: &Message| message.to_vec().is_ok_and(|b| b.len() <= limit);
+    let sections = [
+        std::mem::take(&mut message.answers),
+        std::mem::take(&mut message.authorities),
+        std::mem::take(&mut message.additionals),
+    ];
+    let mut truncated = false;
+    for (index, records) in sections.into_iter().enumerate() {
+        // The encoded size only grows with each record kept: the longest prefix that fits is
+        // found by bisection. No record is shorter than 11 bytes, so no probe encodes more
+        // than `limit / 11` records even for a service with thousands of endpoints.
+        let section_len = records.len();
+        let most = section_len.min(limit / MIN_RECORD_LEN);
+        let (mut fit, mut over) = (0, most + 1);
+        while over - fit > 1 {
+            let mid = (fit + over) / 2;
+            *section(&mut message, index) = records[..mid].to_vec();
+            if fits(&message) {
+                fit = mid;
+            } else {
+                over = mid;
+            }
+        }
+        *section(&mut message, index) = records;
+        section(&mut message, index).truncate(fit);
+        if fit < section_len {
+            truncated = index < 2;
+            break;
+        }
+    }
+    message.metadata.truncation = truncated;
+    Fitted {
+        bytes: encode(&message),
+        truncated,
+    }
+}
+
+/// The shortest record on the wire: a root owner name (1 byte), type, class, TTL and
+/// rdlength (10 bytes), no data.
+const MIN_RECORD_LEN: usize = 11;
+
+/// Section 0, 1 or 2 of a message: answer, authority, additional.
+fn section(message: &mut Message, index: usize) -> &mut Vec<Record> {
+    match index {
+        0 => &mut message.answers,
+        1 => &mut message.authorities,
+        _ => &mut message.additionals,
     }
 }
 
