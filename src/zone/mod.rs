@@ -454,6 +454,26 @@ impl WriterState {
     }
 
     /// The id of object `name` in `namespace`, with the namespace's shared name.
+    /// Whether the zone holds this object (so that deleting it changes something).
+    fn holds(&self, key: &ObjectKey) -> bool {
+        match key.kind {
+            ObjectKind::Service => self
+                .services
+                .get(&ObjectId::lookup(&key.namespace, &key.name))
+                .is_some_and(|entry| entry.info.is_some()),
+            ObjectKind::EndpointSlice => self
+                .slices
+                .contains_key(&ObjectId::lookup(&key.namespace, &key.name)),
+            ObjectKind::Pod => self
+                .pods
+                .contains_key(&(key.namespace.clone(), key.name.clone())),
+            ObjectKind::Namespace => self
+                .namespaces
+                .get(&key.name)
+                .is_some_and(|entry| entry.explicit),
+        }
+    }
+
     fn object_id(&mut self, namespace: &str, name: &str) -> ObjectId {
         let namespace = match self.namespace_names.get(namespace) {
             Some(shared) => shared.clone(),
@@ -1053,6 +1073,13 @@ impl Zone {
                 true
             }
             SourceEvent::Delete(key) => {
+                // Sources pass on every delete they see (a relist's, or one of an object this
+                // zone rejected); one of an object the zone does not hold changes nothing, so
+                // it must not move the serial nor drop the prebuilt answers.
+                if !state.holds(&key) {
+                    debug!(object = %key, "delete of an object the zone does not hold; nothing to do");
+                    return false;
+                }
                 match key.kind {
                     ObjectKind::Service => self.set_service(state, &key, None),
                     ObjectKind::EndpointSlice => self.set_slice(state, &key, None),

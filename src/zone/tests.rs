@@ -648,6 +648,35 @@ fn an_endpoint_moving_between_slices_never_vanishes_whatever_the_order() {
 }
 
 #[test]
+fn deleting_what_the_zone_does_not_hold_changes_nothing() {
+    let zone = zone(PodMode::Verified);
+    demo(&zone);
+    let (serial, generation) = (zone.soa().data.to_string(), zone.generation());
+    for kind in [
+        ObjectKind::Service,
+        ObjectKind::EndpointSlice,
+        ObjectKind::Pod,
+        ObjectKind::Namespace,
+    ] {
+        zone.apply(SourceEvent::Delete(key(kind, "default", "never-seen")));
+    }
+    assert_eq!(zone.generation(), generation, "prebuilt answers kept");
+    assert_eq!(zone.soa().data.to_string(), serial, "serial unchanged");
+
+    // A delete of what the zone holds still moves both.
+    zone.apply(SourceEvent::Delete(key(
+        ObjectKind::Service,
+        "default",
+        "web",
+    )));
+    assert!(zone.generation() > generation);
+    assert_eq!(
+        a_records(&zone, "web.default.svc.cluster.local.").0,
+        NXDOMAIN
+    );
+}
+
+#[test]
 fn a_removed_endpoint_lingers_for_the_grace_only() {
     let zone = zone(PodMode::Disabled);
     zone.apply(service("default", "db", json!({"clusterIP": "None"})));
