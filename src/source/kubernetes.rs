@@ -39,7 +39,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::{self, DefaultBackoff, Event};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -777,7 +777,10 @@ async fn serve_snapshot(
             return;
         }
     };
-    let mut served = 0usize;
+    // One batch per watch, applied under that watch's lock: the zone rebuilds each Service
+    // once, not once per slice, and a list that lands meanwhile is either applied after the
+    // batch or seen by it (real data wins: such an object is skipped).
+    let mut by_watch: BTreeMap<usize, Vec<ClusterObject>> = BTreeMap::new();
     for object in snap.objects {
         let Some(key) = object.key() else { continue };
         let unit = if key.kind == ObjectKind::Namespace {
@@ -790,26 +793,37 @@ async fn serve_snapshot(
                 .get(&(key.kind, Some(key.namespace.clone())))
                 .or_else(|| index.get(&(key.kind, None)))
         };
-        let Some(state) = unit.and_then(|id| shared.watches.get(*id)) else {
+        if let Some(id) = unit {
+            by_watch.entry(*id).or_default().push(object);
+        }
+    }
+    let mut served = 0usize;
+    for (id, objects) in by_watch {
+        let Some(state) = shared.watches.get(id) else {
             continue;
         };
         let mut state = lock(state);
         // Real data wins: a watch that listed, or an object the current list already sent.
-        let key = KeptKey::new(&key);
         if state.listed {
             continue;
         }
         let Some(kept) = &mut state.kept else {
             continue;
         };
-        if kept.contains_key(&key) {
-            continue;
+        let mut batch = Vec::with_capacity(objects.len());
+        for object in objects {
+            let Some(key) = object.key() else { continue };
+            let key = KeptKey::new(&key);
+            if kept.contains_key(&key) {
+                continue;
+            }
+            let json = encode(&object).map(Box::new);
+            kept.insert(key, Entry { list: 0, json });
+            batch.push(SourceEvent::Apply(object));
         }
-        let json = encode(&object).map(Box::new);
-        kept.insert(key, Entry { list: 0, json });
-        state.delivered = true;
-        shared.sink.handle(SourceEvent::Apply(object));
-        served += 1;
+        state.delivered |= !batch.is_empty();
+        served += batch.len();
+        shared.sink.handle_batch(batch);
     }
     if shared.initial_sync_sent.swap(true, Ordering::AcqRel) {
         return;
