@@ -31,7 +31,7 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::{IO_TIMEOUT, http_get, parse_answer, query, udp_raw_to};
+use support::{IO_TIMEOUT, http_get, parse_answer, query, udp_raw_to, unused_port};
 
 const RELEASE: &str = "clusterdns";
 const NAMESPACE: &str = "kube-system";
@@ -391,6 +391,19 @@ fn default_install_is_a_drop_in_kube_dns_with_least_privilege() {
     let Some(results) = helm(vec![render_request(json!({}))]) else {
         return;
     };
+    let notes = results[0]["manifests"]
+        .as_object()
+        .and_then(|m| m.iter().find(|(file, _)| file.ends_with("NOTES.txt")))
+        .and_then(|(_, text)| text.as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        notes.contains(
+            "kubectl -n kube-system exec deploy/clusterdns -- /clusterdns explain \
+             kubernetes.default.svc.cluster.local"
+        ),
+        "NOTES say how to ask the admin endpoint:\n{notes}"
+    );
     let r = Rendered::from_result(&results[0]);
     let kinds: Vec<String> = r.kinds().into_iter().collect();
     assert_eq!(
@@ -856,20 +869,17 @@ fn node_local_mode_caches_on_every_node_and_forwards_the_zone_to_the_central_pod
     );
 }
 
-/// A loopback port free for both UDP and TCP at the time of asking.
-fn free_port() -> u16 {
-    loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = tcp.local_addr().expect("addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 #[test]
 fn the_server_runs_the_rendered_config_and_answers_its_probes() {
-    let ports: Vec<u16> = std::iter::repeat_with(free_port).take(4).collect();
+    // Fixed ports (the chart renders them into the config), taken below the ephemeral range
+    // so that no parallel test's port-0 socket can take one before the server binds it.
+    let mut ports: Vec<u16> = Vec::new();
+    while ports.len() < 4 {
+        let port = unused_port();
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
     let values = json!({
         "listenAddresses": ["127.0.0.1"],
         "ports": {"dns": ports[0], "metrics": ports[1], "health": ports[2], "ready": ports[3]},
