@@ -87,6 +87,60 @@ fn clients_outside_the_recursion_networks_get_cluster_answers_but_no_forwarding(
     );
 }
 
+/// One UDP exchange from a given loopback source address.
+fn udp_from(
+    source: &str,
+    server: &Server,
+    q: &hickory_proto::op::Message,
+) -> hickory_proto::op::Message {
+    let socket = std::net::UdpSocket::bind((source, 0)).expect("bind the source address");
+    socket.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    socket
+        .send_to(&q.to_vec().expect("encode"), server.dns)
+        .expect("send");
+    let mut buf = vec![0u8; 4096];
+    let len = socket.recv(&mut buf).expect("an answer");
+    parse_answer(q, &buf[..len])
+}
+
+#[test]
+fn ra_tells_each_client_whether_it_may_have_names_forwarded() {
+    let upstream = FakeUpstream::start(UpstreamMode::Answer);
+    // 127.0.0.2 may recurse; 127.0.0.1 (every other test client) may not.
+    let (server, _dir) = with_config(&upstream, "[acl]\nrecursion = [\"127.0.0.2/32\"]\n");
+    let cluster = query("kubernetes.default.svc.cluster.local.", RecordType::A);
+    // Three times each, alternating: the second and later answers are prebuilt bytes, built
+    // for whichever client asked first.
+    for _ in 0..3 {
+        for (source, may_forward) in [("127.0.0.2", true), ("127.0.0.1", false)] {
+            let answer = udp_from(source, &server, &cluster);
+            assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+            assert!(answer.metadata.authoritative);
+            assert_eq!(rdata(&answer.answers, RecordType::A), ["192.0.2.1"]);
+            assert_eq!(
+                answer.metadata.recursion_available, may_forward,
+                "{source}: RA says whether it may recurse"
+            );
+        }
+    }
+    let outside = query("www.example.org.", RecordType::A);
+    for _ in 0..2 {
+        let answer = udp_from("127.0.0.2", &server, &outside);
+        assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+        assert!(answer.metadata.recursion_available);
+        assert!(!answer.metadata.authoritative);
+        let answer = udp_from("127.0.0.1", &server, &outside);
+        assert_eq!(answer.metadata.response_code, ResponseCode::Refused);
+        assert!(!answer.metadata.recursion_available, "REFUSED without RA");
+        assert!(answer.answers.is_empty());
+    }
+    assert_eq!(upstream.count(), 1, "the second answer came from the cache");
+    // Over TCP too (the test client, 127.0.0.1, may not recurse).
+    let answer = server.tcp(&outside);
+    assert_eq!(answer.metadata.response_code, ResponseCode::Refused);
+    assert!(!answer.metadata.recursion_available);
+}
+
 #[test]
 fn clients_outside_allow_get_refused_for_everything() {
     let upstream = FakeUpstream::start(UpstreamMode::Answer);

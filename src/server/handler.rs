@@ -60,6 +60,10 @@ struct Request {
     started: Instant,
     /// Who asked (for the query log).
     peer: SocketAddr,
+    /// RA: whether this client may have names forwarded (`[acl] recursion`). A client that
+    /// may not sees RA clear on every answer, so `dig` says "recursion requested but not
+    /// available" instead of leaving a REFUSED unexplained (BIND does the same).
+    recursion_available: bool,
 }
 
 /// A question waiting for the upstream.
@@ -78,7 +82,6 @@ pub struct Pending {
 struct Response {
     rcode: ResponseCode,
     authoritative: bool,
-    recursion_available: bool,
     answers: Vec<Record>,
     authorities: Vec<Record>,
     additionals: Vec<Record>,
@@ -94,7 +97,6 @@ impl Response {
         Response {
             rcode,
             authoritative: false,
-            recursion_available: true,
             answers: Vec::new(),
             authorities: Vec::new(),
             additionals: Vec::new(),
@@ -119,7 +121,6 @@ impl Response {
         Response {
             rcode: answer.rcode,
             authoritative: false,
-            recursion_available: true,
             answers: answer.answers,
             authorities: answer.authorities,
             additionals: answer.additionals,
@@ -133,7 +134,6 @@ impl Response {
         Response {
             rcode: answer.rcode,
             authoritative: true,
-            recursion_available: true,
             answers: answer.answers,
             authorities: answer.authorities,
             additionals: answer.additionals,
@@ -387,7 +387,6 @@ impl Handler {
         Response {
             rcode: ResponseCode::NoError,
             authoritative: ours,
-            recursion_available: true,
             answers: vec![hinfo],
             authorities: Vec::new(),
             additionals: Vec::new(),
@@ -494,6 +493,7 @@ impl Handler {
         {
             return outcome;
         }
+        let acl = self.acl.load();
         let header_request = Request {
             id: u16::from_be_bytes([packet[0], packet[1]]),
             op_code: OpCode::from_u8((packet[2] >> 3) & 0x0f),
@@ -504,6 +504,7 @@ impl Handler {
             transport,
             started,
             peer,
+            recursion_available: acl.may_forward(peer.ip()),
         };
         let message = match Message::from_vec(packet) {
             Ok(message) => message,
@@ -572,7 +573,6 @@ impl Handler {
                 Response::error(ResponseCode::Refused),
             ));
         }
-        let acl = self.acl.load();
         if !acl.allows(peer.ip()) {
             self.refused_by_acl("not_allowed");
             return Outcome::Reply(self.respond(
@@ -581,7 +581,7 @@ impl Handler {
                 Response::error(ResponseCode::Refused),
             ));
         }
-        let may_forward = acl.may_forward(peer.ip());
+        let may_forward = request.recursion_available;
         if query.query_type() == RecordType::ANY {
             let response = self.minimal_any(&query, may_forward);
             return Outcome::Reply(self.respond(listener, &request, response));
@@ -688,7 +688,7 @@ impl Handler {
             upstream_generation: self.upstream_generation.load(Ordering::Acquire),
             // The cache counts TTLs down on tokio's clock, which is this one (no paused time).
             now: started,
-            may_forward: &|| acl.may_forward(peer.ip()),
+            may_forward: acl.may_forward(peer.ip()),
         };
         let hit = self.prebuilt.answer(packet, key, &current)?;
         let by = if hit.from_cache {
@@ -831,7 +831,7 @@ impl Handler {
         message.metadata.message_type = MessageType::Response;
         message.metadata.recursion_desired = request.recursion_desired;
         message.metadata.checking_disabled = request.checking_disabled;
-        message.metadata.recursion_available = response.recursion_available;
+        message.metadata.recursion_available = request.recursion_available;
         message.metadata.authoritative = response.authoritative;
         message.metadata.response_code = response.rcode;
         if let Some(query) = &request.query {
@@ -947,7 +947,7 @@ fn encode(message: &Message) -> Vec<u8> {
             let mut fallback = Message::response(message.metadata.id, message.metadata.op_code);
             fallback.metadata.response_code = ResponseCode::ServFail;
             fallback.metadata.recursion_desired = message.metadata.recursion_desired;
-            fallback.metadata.recursion_available = true;
+            fallback.metadata.recursion_available = message.metadata.recursion_available;
             fallback.queries = message.queries.clone();
             fallback.to_vec().unwrap_or_default()
         }

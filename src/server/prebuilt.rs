@@ -172,15 +172,16 @@ pub enum Validity {
 }
 
 /// What a question is checked against to take a prebuilt answer.
-pub struct Current<'a> {
+pub struct Current {
     /// The zone's generation now.
     pub zone_generation: u64,
     /// The upstream path's generation now (changed by every reload of it).
     pub upstream_generation: u64,
     /// When the question arrived.
     pub now: Instant,
-    /// Whether this client may have names forwarded (asked only for a cached answer).
-    pub may_forward: &'a dyn Fn() -> bool,
+    /// Whether this client may have names forwarded: a cached answer is only for such a
+    /// client, and the answer's RA bit says it.
+    pub may_forward: bool,
 }
 
 /// A prebuilt answer taken: its rcode, its bytes for this request, and where it came from.
@@ -295,14 +296,16 @@ impl PrebuiltAnswers {
     }
 
     /// The answer kept for `key` if it is still right by `current`: its bytes with the
-    /// request's id, RD and CD (from `packet`), and for a cache hit its TTLs counted down.
-    pub fn answer(&self, packet: &[u8], key: &PrebuiltKey, current: &Current<'_>) -> Option<Hit> {
+    /// request's id, RD and CD (from `packet`), RA for this client, and for a cache hit its
+    /// TTLs counted down.
+    pub fn answer(&self, packet: &[u8], key: &PrebuiltKey, current: &Current) -> Option<Hit> {
         let key = key.as_bytes();
         let table = self.table.load();
         let mut bucket = table.bucket(key);
         let way = bucket.way_of(key)?;
         let way = bucket.use_way(way);
         let prebuilt = bucket.ways[way].as_deref()?;
+        let may_forward = current.may_forward;
         let countdown = match &prebuilt.kept {
             Kept::Zone { generation } => {
                 if *generation != current.zone_generation {
@@ -317,7 +320,7 @@ impl PrebuiltAnswers {
             } => {
                 if *upstream_generation != current.upstream_generation
                     || current.now >= reuse.until()
-                    || !(current.may_forward)()
+                    || !may_forward
                 {
                     return None;
                 }
@@ -329,6 +332,7 @@ impl PrebuiltAnswers {
         bytes[1] = *packet.get(1)?;
         bytes[2] = (bytes[2] & !0x01) | (packet.get(2)? & 0x01); // RD
         bytes[3] = (bytes[3] & !0x10) | (packet.get(3)? & 0x10); // CD
+        bytes[3] = (bytes[3] & !0x80) | if may_forward { 0x80 } else { 0 }; // RA
         let from_cache = countdown.is_some();
         if let Some((reuse, ttls, countdown)) = countdown {
             if countdown > 0 {
@@ -480,12 +484,12 @@ mod tests {
         assert!(SimpleQuery::parse(&pointer).is_none());
     }
 
-    fn zone_at(generation: u64) -> Current<'static> {
+    fn zone_at(generation: u64) -> Current {
         Current {
             zone_generation: generation,
             upstream_generation: 0,
             now: Instant::now(),
-            may_forward: &|| true,
+            may_forward: true,
         }
     }
 
@@ -515,6 +519,13 @@ mod tests {
         assert!(!hit.from_cache);
         assert_eq!(&hit.bytes[..4], &[0xab, 0xcd, 0x85, 0x90]);
         assert_eq!(&hit.bytes[4..], &built[4..]);
+        // The same zone answer for a client that may not have names forwarded: RA clear.
+        let no_recursion = Current {
+            may_forward: false,
+            ..zone_at(7)
+        };
+        let hit = cache.answer(&again, &key, &no_recursion).expect("hit");
+        assert_eq!(&hit.bytes[..4], &[0xab, 0xcd, 0x85, 0x10]);
 
         assert!(
             cache.answer(&packet, &key, &zone_at(8)).is_none(),
@@ -698,7 +709,7 @@ mod tests {
             upstream_generation: 3,
         };
         table.keep(&key, validity, ResponseCode::NoError, &bytes);
-        let at = |secs: u64, upstream_generation: u64, may_forward: &'static dyn Fn() -> bool| {
+        let at = |secs: u64, upstream_generation: u64, may_forward: bool| {
             Current {
                 zone_generation: 99, // zone changes do not touch cached upstream answers
                 upstream_generation,
@@ -714,14 +725,10 @@ mod tests {
                 .map(|r| r.ttl)
                 .collect()
         };
-        let hit = table
-            .answer(&packet, &key, &at(0, 3, &|| true))
-            .expect("hit");
+        let hit = table.answer(&packet, &key, &at(0, 3, true)).expect("hit");
         assert!(hit.from_cache);
         assert_eq!(ttls(&hit.bytes), [60, 160]);
-        let hit = table
-            .answer(&packet, &key, &at(25, 3, &|| true))
-            .expect("hit");
+        let hit = table.answer(&packet, &key, &at(25, 3, true)).expect("hit");
         assert_eq!(ttls(&hit.bytes), [35, 135], "counted down by whole seconds");
         let decoded = Message::from_vec(&hit.bytes).unwrap();
         assert_eq!(
@@ -730,15 +737,15 @@ mod tests {
             "OPT untouched"
         );
         assert!(
-            table.answer(&packet, &key, &at(25, 4, &|| true)).is_none(),
+            table.answer(&packet, &key, &at(25, 4, true)).is_none(),
             "upstream path reloaded"
         );
         assert!(
-            table.answer(&packet, &key, &at(25, 3, &|| false)).is_none(),
+            table.answer(&packet, &key, &at(25, 3, false)).is_none(),
             "client may not have names forwarded"
         );
         assert!(
-            table.answer(&packet, &key, &at(60, 3, &|| true)).is_none(),
+            table.answer(&packet, &key, &at(60, 3, true)).is_none(),
             "past the TTL: the cache decides (stale, refresh)"
         );
     }
