@@ -532,6 +532,51 @@ fn oversize_udp_datagram_is_dropped_and_counted() {
     assert_serving(&server);
 }
 
+/// Queries the kernel drops on a full receive buffer never reach the server's code; it reads
+/// them from the kernel's socket table, per listen address: every query sent is either
+/// counted as a request or as a drop.
+#[test]
+fn queries_dropped_by_the_kernel_on_a_full_receive_buffer_are_counted() {
+    let (server, _dir) = server_with_config(
+        "[server]\nudp_workers = 1\nrecv_buffer_bytes = 4096\n",
+        None,
+    );
+    let label = format!("server=\"dns://{}\"", server.dns);
+    let text = server.metrics_text();
+    assert!(
+        text.contains(&format!("clusterdns_udp_receive_drops_total{{{label}}} 0")),
+        "the series exists before the first drop:\n{text}"
+    );
+    assert!(text.contains(&format!("clusterdns_udp_receive_queue_bytes{{{label}}}")));
+    let requests = || {
+        server.metric(
+            "coredns_dns_requests_total",
+            &format!("{label},proto=\"udp\""),
+        )
+    };
+    let drops = || server.metric("clusterdns_udp_receive_drops_total", &label);
+    let before = requests();
+
+    // Far more than a 4 KiB buffer holds, sent without reading an answer.
+    const SENT: u16 = 3000;
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind client");
+    let mut q = query(KUBERNETES, RecordType::A);
+    for id in 0..SENT {
+        q.metadata.id = id;
+        client.send_to(&encode(&q), server.dns).expect("send");
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || requests() - before + drops()
+            == f64::from(SENT)),
+        "requests {} + drops {} != {SENT} sent",
+        requests() - before,
+        drops()
+    );
+    assert!(drops() > 0.0, "a 4 KiB buffer overflowed");
+    assert!(requests() - before > 0.0, "and some were answered");
+    assert_serving(&server);
+}
+
 /// Many clients sending at once: the server reads several datagrams per system call and
 /// writes their answers together; every answer must reach its own client, with its own id.
 #[test]

@@ -45,6 +45,13 @@ pub struct Metrics {
     pub malformed_packets: IntCounterVec,
     /// UDP responses that did not fit the client's payload size and went out with TC set.
     pub truncated_responses: IntCounter,
+    /// Datagrams the kernel dropped on this server's UDP sockets (receive buffer full), by
+    /// `server` (listen address); read from the kernel at scrape time.
+    pub udp_receive_drops: IntCounterVec,
+    /// Bytes waiting in this server's UDP receive buffers at scrape time, by `server`.
+    pub udp_receive_queue: IntGaugeVec,
+    /// The UDP sockets those two are read for.
+    pub udp_sockets: std::sync::Arc<super::socket_stats::UdpSocketStats>,
     /// Answers sent as prebuilt bytes, by `source`: `zone` (a repeated question, the zone
     /// unchanged since) or `cache` (a repeated cache hit, its TTLs counted down).
     pub prebuilt_answers: IntCounterVec,
@@ -237,6 +244,20 @@ impl Metrics {
                 "Packets that were not a well-formed standard query, by reason.",
                 &["reason"],
             ),
+            udp_receive_drops: counter_vec(
+                "clusterdns_udp_receive_drops_total",
+                "Queries the kernel dropped on this server's UDP sockets because their receive \
+                 buffer was full: raise server.recv_buffer_bytes (and net.core.rmem_max), add \
+                 server.udp_workers or replicas.",
+                &["server"],
+            ),
+            udp_receive_queue: gauge_vec(
+                "clusterdns_udp_receive_queue_bytes",
+                "Bytes waiting in this server's UDP receive buffers (kernel accounting) at \
+                 scrape time; near the buffer size, drops follow.",
+                &["server"],
+            ),
+            udp_sockets: std::sync::Arc::default(),
             truncated_responses: counter(
                 "clusterdns_truncated_responses_total",
                 "UDP responses sent with TC set because they did not fit.",
@@ -466,6 +487,8 @@ impl Metrics {
             }
         }
         self.refresh_sync_age();
+        self.udp_sockets
+            .refresh(&self.udp_receive_drops, &self.udp_receive_queue);
         use prometheus::Encoder;
         let mut buf = Vec::new();
         let encoder = prometheus::TextEncoder::new();

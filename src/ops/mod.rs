@@ -13,6 +13,7 @@ pub mod import;
 pub mod metrics;
 pub mod query_metrics;
 pub mod reload;
+pub mod socket_stats;
 pub mod throttle;
 
 /// Writes a command's report to stdout. A reader that went away (`clusterdns doctor | head`)

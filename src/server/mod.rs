@@ -98,13 +98,14 @@ pub fn spawn(
             Proto::Udp,
         ));
         for socket in listener.udp {
+            // Counted (kernel drops, queue) while its worker runs.
+            let tracked = metrics.udp_sockets.track(listener.addr, &socket);
             let socket = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
-            tasks.spawn(udp::serve(
-                socket,
-                handler.clone(),
-                udp_metrics.clone(),
-                cancel.clone(),
-            ));
+            let worker = udp::serve(socket, handler.clone(), udp_metrics.clone(), cancel.clone());
+            tasks.spawn(async move {
+                worker.await;
+                drop(tracked);
+            });
         }
         let tcp_metrics = Arc::new(QueryMetrics::new(
             metrics.clone(),
