@@ -358,6 +358,42 @@ fn additional_records_that_do_not_fit_are_left_out_without_tc() {
     assert_eq!(truncated(&server), 1.0);
 }
 
+/// CoreDNS `loadbalance`: a multi-address answer starts at another address from one answer
+/// to the next, also once it is answered from prebuilt bytes.
+#[test]
+fn a_multi_address_answer_is_rotated_prebuilt_or_not() {
+    let server = Server::fixtures(None);
+    let prebuilt = || server.metric("clusterdns_prebuilt_answers_total", "source=\"zone\"");
+    let before = prebuilt();
+    let expected: BTreeSet<String> = (1..=40).map(|i| format!("203.0.113.{i}")).collect();
+    let q = query_edns(MEDIUM, RecordType::A, 1232);
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind client");
+    client.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    let mut firsts = BTreeSet::new();
+    for _ in 0..10 {
+        client.send_to(&encode(&q), server.dns).expect("send");
+        let mut buf = vec![0u8; 4096];
+        let len = client.recv(&mut buf).expect("an answer");
+        let answer = parse_answer(&q, &buf[..len]);
+        assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+        assert!(answer.metadata.authoritative);
+        assert!(!answer.metadata.truncation);
+        let order: Vec<String> = answer.answers.iter().map(|r| r.data.to_string()).collect();
+        assert_eq!(order.len(), 40, "every address once: {order:?}");
+        assert_eq!(order.iter().cloned().collect::<BTreeSet<_>>(), expected);
+        assert!(answer.answers.iter().all(|r| r.ttl == 5));
+        firsts.insert(order[0].clone());
+    }
+    assert!(
+        prebuilt() - before >= 9.0,
+        "answered from prebuilt bytes after the first"
+    );
+    assert!(
+        firsts.len() > 1,
+        "the answers did not rotate: always {firsts:?} first"
+    );
+}
+
 #[test]
 fn client_payload_below_512_is_treated_as_512() {
     let server = Server::fixtures(None);

@@ -612,15 +612,18 @@ impl Handler {
                 })),
                 None => {
                     let rcode = answer.rcode;
-                    let same_for_everyone = !rotates(&answer);
+                    let rotates = rotates(&answer);
                     let bytes = self.respond(listener, &request, Response::from_zone(answer));
-                    if let Some(key) = prebuilt_key.as_ref().filter(|_| same_for_everyone) {
+                    if let Some(key) = prebuilt_key.as_ref() {
                         if self.prebuilt_fitted.swap(generation, Ordering::Relaxed) != generation {
                             // The zone changed since the table was sized: it may have grown.
                             self.prebuilt.fit(self.zone.name_count());
                         }
-                        self.prebuilt
-                            .keep(key, Validity::Zone { generation }, rcode, &bytes);
+                        let validity = Validity::Zone {
+                            generation,
+                            rotates,
+                        };
+                        self.prebuilt.keep(key, validity, rcode, &bytes);
                     }
                     Outcome::Reply(bytes)
                 }
@@ -955,7 +958,7 @@ fn encode(message: &Message) -> Vec<u8> {
 }
 
 /// Whether the zone rotated this answer's addresses (CoreDNS `loadbalance`): such an answer
-/// differs from one query to the next, so it is never prebuilt.
+/// differs from one query to the next, so its prebuilt bytes are turned at each use.
 fn rotates(answer: &ZoneAnswer) -> bool {
     let addresses = answer
         .answers

@@ -14,8 +14,10 @@
 //!   field counted down as the cache counts, and only for clients that may have names
 //!   forwarded; every one is counted as the cache counts a hit.
 //!
-//! Only answers that are the same for every client are prebuilt (the handler decides: no
-//! multi-address rotation, for clients the access lists allow).
+//! Only answers that are the same for every client are prebuilt (the handler decides, for
+//! clients the access lists allow), with two patches per client: RA (whether it may have
+//! names forwarded) and, for a multi-address answer the zone rotates (CoreDNS
+//! `loadbalance`), the address records turned one step at each use, as the zone turns them.
 //!
 //! Owns: the query shape check and the byte table. Must not: decide an answer.
 
@@ -160,6 +162,9 @@ pub enum Validity {
     Zone {
         /// The zone's generation the answer was built from.
         generation: u64,
+        /// The zone rotates its addresses (CoreDNS `loadbalance`): each use hands them out
+        /// starting one further on, as the zone would.
+        rotates: bool,
     },
     /// A cache hit for an upstream name: within the entry's reuse window, while the upstream
     /// path is the one it came from.
@@ -197,6 +202,7 @@ pub struct Hit {
 enum Kept {
     Zone {
         generation: u64,
+        rotation: Option<Rotation>,
     },
     Cache {
         reuse: Reuse,
@@ -204,6 +210,77 @@ enum Kept {
         /// Where each TTL field of the answer is (every record but OPT).
         ttls: Box<[u16]>,
     },
+}
+
+/// Where the address records of a rotating answer are: `count` records of `len` bytes each
+/// from `start`. Each is an owner pointer to the question, A or AAAA, no name in its data, so
+/// nothing in the message points into them and they can change places as bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Rotation {
+    start: u16,
+    len: u16,
+    count: u16,
+}
+
+thread_local! {
+    /// The turn of rotating answers taken from their bytes (the zone keeps its own for the
+    /// answers it builds; either way consecutive answers start at another address).
+    static TURN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+impl Rotation {
+    /// Finds the records of an answer section made only of address records of one type with
+    /// compressed owners; `None` for any other shape (which is then not kept).
+    fn of(message: &[u8]) -> Option<Rotation> {
+        let count = |at: usize| -> Option<usize> {
+            Some(usize::from(u16::from_be_bytes([
+                *message.get(at)?,
+                *message.get(at + 1)?,
+            ])))
+        };
+        if count(4)? != 1 {
+            return None;
+        }
+        let answers = count(6)?;
+        let start = skip_name(message, 12)? + 4;
+        let mut at = start;
+        let mut shape = None;
+        for _ in 0..answers {
+            let owner_is_pointer = message.get(at)? & 0xc0 == 0xc0;
+            let rtype = count(at + 2)?;
+            let rdata_len = count(at + 10)?;
+            let this = (rtype, rdata_len);
+            let address = matches!(this, (1, 4) | (28, 16));
+            if !owner_is_pointer || !address || shape.is_some_and(|s| s != this) {
+                return None;
+            }
+            shape = Some(this);
+            at += 12 + rdata_len;
+        }
+        let len = 12 + shape?.1;
+        (answers > 1 && at <= message.len()).then_some(Rotation {
+            start: u16::try_from(start).ok()?,
+            len: u16::try_from(len).ok()?,
+            count: u16::try_from(answers).ok()?,
+        })
+    }
+
+    /// Turns the records one step further than the last answer of this thread.
+    fn turn(self, message: &mut [u8]) {
+        let (start, len, count) = (
+            usize::from(self.start),
+            usize::from(self.len),
+            usize::from(self.count),
+        );
+        let turn = TURN.with(|t| {
+            let next = t.get().wrapping_add(1);
+            t.set(next);
+            next
+        });
+        if let Some(records) = message.get_mut(start..start + len * count) {
+            records.rotate_left((turn % count) * len);
+        }
+    }
 }
 
 /// One kept answer. At 50,000 Services the table outgrows the CPU caches and each pointer
@@ -326,11 +403,16 @@ impl PrebuiltAnswers {
         let way = bucket.use_way(way);
         let prebuilt = bucket.ways[way].as_deref()?;
         let may_forward = current.may_forward;
+        let mut rotation = None;
         let countdown = match &prebuilt.kept {
-            Kept::Zone { generation } => {
+            Kept::Zone {
+                generation,
+                rotation: rotates,
+            } => {
                 if *generation != current.zone_generation {
                     return None;
                 }
+                rotation = *rotates;
                 None
             }
             Kept::Cache {
@@ -353,6 +435,9 @@ impl PrebuiltAnswers {
         bytes[2] = (bytes[2] & !0x01) | (packet.get(2)? & 0x01); // RD
         bytes[3] = (bytes[3] & !0x10) | (packet.get(3)? & 0x10); // CD
         bytes[3] = (bytes[3] & !0x80) | if may_forward { 0x80 } else { 0 }; // RA
+        if let Some(rotation) = rotation {
+            rotation.turn(&mut bytes);
+        }
         let from_cache = countdown.is_some();
         if let Some((reuse, ttls, countdown)) = countdown {
             if countdown > 0 {
@@ -379,7 +464,23 @@ impl PrebuiltAnswers {
             return;
         }
         let kept = match validity {
-            Validity::Zone { generation } => Kept::Zone { generation },
+            Validity::Zone {
+                generation,
+                rotates,
+            } => {
+                let rotation = if rotates {
+                    match Rotation::of(bytes) {
+                        Some(rotation) => Some(rotation),
+                        None => return, // a shape whose records cannot be turned as bytes
+                    }
+                } else {
+                    None
+                };
+                Kept::Zone {
+                    generation,
+                    rotation,
+                }
+            }
             Validity::Cache {
                 reuse,
                 upstream_generation,
@@ -530,7 +631,10 @@ mod tests {
         let mut built = vec![0u8; 40];
         built[2] = 0x84; // QR, AA
         built[3] = 0x80; // RA
-        let zone = |generation| Validity::Zone { generation };
+        let zone = |generation| Validity::Zone {
+            generation,
+            rotates: false,
+        };
         cache.keep(&key, zone(7), ResponseCode::NoError, &built);
 
         let mut again = packet.clone();
@@ -601,7 +705,10 @@ mod tests {
             built[2] = 0x84;
             table.keep(
                 key,
-                Validity::Zone { generation: 1 },
+                Validity::Zone {
+                    generation: 1,
+                    rotates: false,
+                },
                 ResponseCode::NoError,
                 &built,
             );
@@ -643,7 +750,10 @@ mod tests {
                 built[11] = i as u8; // tells the answers apart
                 table.keep(
                     key,
-                    Validity::Zone { generation: 1 },
+                    Validity::Zone {
+                        generation: 1,
+                        rotates: false,
+                    },
                     ResponseCode::NoError,
                     &built,
                 );
@@ -802,5 +912,75 @@ mod tests {
         longer.push(0);
         assert!(ttl_fields(&longer).is_none(), "trailing byte");
         assert!(ttl_fields(&bytes[..5]).is_none(), "header cut");
+    }
+
+    #[test]
+    fn a_rotating_answer_hands_its_addresses_out_in_turn_as_bytes() {
+        use hickory_proto::rr::{Name, RData, Record, rdata::A};
+        let name = Name::from_ascii("db.default.svc.cluster.local.").unwrap();
+        let mut message = Message::response(7, hickory_proto::op::OpCode::Query);
+        message.add_query(hickory_proto::op::Query::query(name.clone(), RecordType::A));
+        for last in 1..=3u8 {
+            let a = RData::A(A::new(192, 0, 2, last));
+            message.add_answer(Record::from_rdata(name.clone(), 5, a));
+        }
+        let built = message.to_vec().unwrap();
+        let rotation = Rotation::of(&built).expect("three A records with compressed owners");
+        assert_eq!((rotation.len, rotation.count), (16, 3));
+
+        let order = |bytes: &[u8]| -> Vec<String> {
+            Message::from_vec(bytes)
+                .unwrap()
+                .answers
+                .iter()
+                .map(|r| r.data.to_string())
+                .collect()
+        };
+        let firsts: std::collections::BTreeSet<String> = (0..3)
+            .map(|_| {
+                let mut bytes = built.clone();
+                rotation.turn(&mut bytes);
+                let got = order(&bytes);
+                let mut sorted = got.clone();
+                sorted.sort();
+                assert_eq!(sorted, ["192.0.2.1", "192.0.2.2", "192.0.2.3"]);
+                got[0].clone()
+            })
+            .collect();
+        assert_eq!(
+            firsts.len(),
+            3,
+            "three answers in a row start at three addresses"
+        );
+
+        // Shapes that cannot be turned as bytes are not kept: one address, or a CNAME first.
+        let mut one = message.clone();
+        one.answers.truncate(1);
+        assert_eq!(Rotation::of(&one.to_vec().unwrap()), None);
+        let mut chained = message.clone();
+        let target = Name::from_ascii("web.default.svc.cluster.local.").unwrap();
+        chained.answers.insert(
+            0,
+            Record::from_rdata(
+                name,
+                5,
+                RData::CNAME(hickory_proto::rr::rdata::CNAME(target)),
+            ),
+        );
+        assert_eq!(Rotation::of(&chained.to_vec().unwrap()), None);
+        let table = PrebuiltAnswers::default();
+        let packet = query("db.default.svc.cluster.local.", RecordType::A, None);
+        let key = key_of(&packet, Some(1232));
+        let rotating = Validity::Zone {
+            generation: 1,
+            rotates: true,
+        };
+        table.keep(
+            &key,
+            rotating,
+            ResponseCode::NoError,
+            &chained.to_vec().unwrap(),
+        );
+        assert!(table.answer(&packet, &key, &zone_at(1)).is_none());
     }
 }
