@@ -722,7 +722,9 @@ fn a_snapshot_written_after_changes_serves_a_cold_start_without_api_until_the_fi
         server.metric("clusterdns_source_synced", "kind=\"Service\""),
         0.0
     );
-    assert!(server.log().contains("serving the last-good snapshot"));
+    assert!(eventually(Duration::from_secs(3), || server
+        .log()
+        .contains("serving the last-good snapshot")));
 
     // While it was down the cluster changed; the first list replaces the snapshot entirely.
     api.delete(Kind::Service, "default", "web");
