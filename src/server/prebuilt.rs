@@ -232,12 +232,7 @@ impl Rotation {
     /// Finds the records of an answer section made only of address records of one type with
     /// compressed owners; `None` for any other shape (which is then not kept).
     fn of(message: &[u8]) -> Option<Rotation> {
-        let count = |at: usize| -> Option<usize> {
-            Some(usize::from(u16::from_be_bytes([
-                *message.get(at)?,
-                *message.get(at + 1)?,
-            ])))
-        };
+        let count = |at| u16_at(message, at);
         if count(4)? != 1 {
             return None;
         }
@@ -520,12 +515,7 @@ impl PrebuiltAnswers {
 /// The offsets of the TTL field of every record in `message` except OPT (whose "TTL" holds
 /// EDNS flags); `None` if the message does not walk cleanly to its end.
 fn ttl_fields(message: &[u8]) -> Option<Vec<u16>> {
-    let count = |at: usize| -> Option<usize> {
-        Some(usize::from(u16::from_be_bytes([
-            *message.get(at)?,
-            *message.get(at + 1)?,
-        ])))
-    };
+    let count = |at| u16_at(message, at);
     let (questions, records) = (count(4)?, count(6)? + count(8)? + count(10)?);
     let mut at = 12;
     for _ in 0..questions {
@@ -542,6 +532,12 @@ fn ttl_fields(message: &[u8]) -> Option<Vec<u16>> {
         at += 10 + rdata_len;
     }
     (at == message.len()).then_some(ttls)
+}
+
+/// The 16-bit field at `at` of a message (a count, a type, a length).
+fn u16_at(message: &[u8], at: usize) -> Option<usize> {
+    let field = message.get(at..at + 2)?;
+    Some(usize::from(u16::from_be_bytes([field[0], field[1]])))
 }
 
 /// The offset just past the name at `at`: labels up to the root or a compression pointer.
