@@ -782,9 +782,7 @@ fn trace_name_logs_the_explanation_for_that_name_only() {
     server.udp(&query("db.shop.svc.cluster.local.", RecordType::A));
     server.udp(&query("orders.shop.svc.cluster.local.", RecordType::A));
     assert!(
-        support::eventually(Duration::from_secs(5), || server
-            .log()
-            .contains("traced query")),
+        server.log_shows("traced query", Duration::from_secs(5)),
         "{}",
         server.log()
     );

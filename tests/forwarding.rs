@@ -252,9 +252,7 @@ fn resolv_conf_without_nameservers_gives_servfail_not_a_hang() {
     assert_servfail(&answer);
     assert!(started.elapsed() < Duration::from_secs(1));
     assert!(
-        eventually(Duration::from_secs(2), || server
-            .log()
-            .contains("no nameserver in resolv.conf")),
+        server.log_shows("no nameserver in resolv.conf", Duration::from_secs(2)),
         "{}",
         server.log()
     );
@@ -267,9 +265,7 @@ fn resolv_conf_without_nameservers_gives_servfail_not_a_hang() {
     let server = Server::start(&["--manifests", &manifests, "--resolv-conf", &missing]);
     assert_servfail(&server.udp(&query("www.example.org.", RecordType::A)));
     assert!(
-        eventually(Duration::from_secs(2), || server
-            .log()
-            .contains("cannot read resolv.conf")),
+        server.log_shows("cannot read resolv.conf", Duration::from_secs(2)),
         "{}",
         server.log()
     );

@@ -722,9 +722,7 @@ fn a_snapshot_written_after_changes_serves_a_cold_start_without_api_until_the_fi
         server.metric("clusterdns_source_synced", "kind=\"Service\""),
         0.0
     );
-    assert!(eventually(Duration::from_secs(3), || server
-        .log()
-        .contains("serving the last-good snapshot")));
+    assert!(server.log_shows("serving the last-good snapshot", Duration::from_secs(3)));
 
     // While it was down the cluster changed; the first list replaces the snapshot entirely.
     api.delete(Kind::Service, "default", "web");
@@ -884,9 +882,7 @@ fn unauthorized_while_running_keeps_the_answers_and_recovers_when_the_token_work
     wait_ready(&server);
     // A rotated token the API server refuses for a while.
     api.fail_with(Some(401));
-    assert!(eventually(CHANGE, || server
-        .log()
-        .contains("watch failing")));
+    assert!(server.log_shows("watch failing", CHANGE));
     assert!(server.log().contains("401"), "{}", server.log());
     assert!(answers(
         &server,

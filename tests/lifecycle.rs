@@ -143,9 +143,7 @@ fn no_query_log_by_default_and_json_logs_on_request() {
         "kubernetes.default.svc.cluster.local.",
         RecordType::A,
     ));
-    assert!(eventually(Duration::from_secs(2), || server
-        .log()
-        .contains("manifests loaded")));
+    assert!(server.log_shows("manifests loaded", Duration::from_secs(2)));
     let log = server.log();
     assert!(!log.contains("clusterdns::query"), "{log}");
     for line in log.lines().filter(|l| !l.trim().is_empty()) {

@@ -964,9 +964,7 @@ fn a_file_being_rewritten_in_place_keeps_answering() {
     let dir = fixtures_copy();
     let server = Server::manifests(dir.path(), None, &[]);
     assert!(
-        eventually(Duration::from_secs(5), || server
-            .log()
-            .contains("watching the manifest directory")),
+        server.log_shows("watching the manifest directory", Duration::from_secs(5)),
         "the watch did not start\nlog:\n{}",
         server.log()
     );

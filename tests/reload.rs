@@ -62,9 +62,7 @@ fn editing_the_file_moves_upstreams_and_listeners_live() {
     let b = free_addr();
     write_config(&config, &[a, b], second.addr, "");
     assert!(
-        eventually(Duration::from_secs(3), || server
-            .log()
-            .contains("config reloaded")),
+        server.log_shows("config reloaded", Duration::from_secs(3)),
         "{}",
         server.log()
     );
@@ -160,9 +158,7 @@ fn the_cache_survives_a_reload_that_does_not_change_it_and_the_query_log_follows
         "answered from the cache kept across the reload"
     );
     assert!(
-        eventually(Duration::from_secs(2), || server
-            .log()
-            .contains("source=\"cache\"")),
+        server.log_shows("source=\"cache\"", Duration::from_secs(2)),
         "query log turned on by the reload: {}",
         server.log()
     );
@@ -189,9 +185,7 @@ fn settings_that_need_a_restart_are_named_not_silently_ignored() {
     let server = Server::start_listen_from_config(&["--config", &config_arg]);
     write_config(&config, &[a], upstream.addr, "ttl = 60\n");
     assert!(
-        eventually(Duration::from_secs(3), || server
-            .log()
-            .contains("only change on a restart")),
+        server.log_shows("only change on a restart", Duration::from_secs(3)),
         "{}",
         server.log()
     );

@@ -352,11 +352,8 @@ fn an_upstream_that_loops_back_is_dropped_and_the_zone_keeps_serving() {
         "loop not detected; log:\n{}",
         server.log()
     );
-    // The log line follows the metric, and reaches the test through a reader thread.
     assert!(
-        eventually(Duration::from_secs(3), || server
-            .log()
-            .contains("forwarding loop")),
+        server.log_shows("forwarding loop", Duration::from_secs(3)),
         "{}",
         server.log()
     );

@@ -483,17 +483,17 @@ impl Handler {
             self.malformed("response");
             return Outcome::Drop;
         }
+        let acl = self.acl.load();
         let simple = SimpleQuery::parse(packet);
         let prebuilt_key = simple
             .as_ref()
             .and_then(|query| query.key(packet, self.udp_cap(transport)));
         if let (Some(query), Some(key)) = (&simple, &prebuilt_key)
             && let Some(outcome) =
-                self.prebuilt_answer(packet, (query, key), peer, listener, started, tally)
+                self.prebuilt_answer(packet, (query, key), (peer, &acl), listener, started, tally)
         {
             return outcome;
         }
-        let acl = self.acl.load();
         let header_request = Request {
             id: u16::from_be_bytes([packet[0], packet[1]]),
             op_code: OpCode::from_u8((packet[2] >> 3) & 0x0f),
@@ -671,13 +671,12 @@ impl Handler {
         &self,
         packet: &[u8],
         (query, key): (&SimpleQuery, &PrebuiltKey),
-        peer: SocketAddr,
+        (peer, acl): (SocketAddr, &Acl),
         listener: &Arc<QueryMetrics>,
         started: Instant,
         tally: Option<&mut Tally>,
     ) -> Option<Outcome> {
         let transport = listener.proto();
-        let acl = self.acl.load();
         if self.query_log.load(Ordering::Relaxed) != QUERY_LOG_OFF
             || self.trace.load().is_some()
             || super::injected_panic_armed()

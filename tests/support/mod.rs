@@ -246,6 +246,12 @@ impl Server {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// Whether the log shows `text` within `within` (the log reaches the test through a
+    /// reader thread, a moment after the server wrote it).
+    pub fn log_shows(&self, text: &str, within: Duration) -> bool {
+        eventually(within, || self.log().contains(text))
+    }
+
     /// Asks over UDP and returns the parsed answer (panics on timeout).
     pub fn udp(&self, query: &Message) -> Message {
         let bytes = self
